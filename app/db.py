@@ -1,0 +1,167 @@
+"""The database engine, the per-request session, and the schema check behind readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, cast
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from fastapi import Depends, Request
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from app.settings import Settings
+
+log = logging.getLogger("berth.db")
+
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+# Readiness must answer well inside the healthcheck's own timeout.
+READINESS_TIMEOUT_SECONDS = 2.0
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    return create_async_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        # A connection can die under us (db restart, failover); pre-ping replaces it
+        # instead of failing the request that drew it.
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "connect_timeout": settings.db_connect_timeout_seconds,
+            "application_name": "berth-app",
+            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+        },
+    )
+
+
+def migration_heads(ini_path: Path = ALEMBIC_INI) -> frozenset[str]:
+    return frozenset(ScriptDirectory.from_config(Config(str(ini_path))).get_heads())
+
+
+def known_revisions(ini_path: Path = ALEMBIC_INI) -> frozenset[str]:
+    script = ScriptDirectory.from_config(Config(str(ini_path)))
+    return frozenset(rev.revision for rev in script.walk_revisions())
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    reason: str
+    revision: str | None = None
+
+
+@dataclass
+class Database:
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    heads: frozenset[str]
+    revisions: frozenset[str]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        engine = create_engine(settings)
+        return cls(
+            engine=engine,
+            sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
+            heads=migration_heads(),
+            revisions=known_revisions(),
+        )
+
+    async def readiness(self) -> Readiness:
+        try:
+            async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+                revision = await self._schema_revision()
+        except TimeoutError:
+            return Readiness(False, "database did not answer in time")
+        except DBAPIError as exc:
+            if _is_undefined_table(exc):
+                return Readiness(False, "database schema is not initialised: run migrations")
+            return Readiness(False, f"database unavailable: {_first_line(exc.orig)}")
+        except (SQLAlchemyError, OSError) as exc:
+            return Readiness(False, f"database unavailable: {_first_line(exc)}")
+        return self._judge_revision(revision)
+
+    def _judge_revision(self, revision: str | None) -> Readiness:
+        if revision in self.heads:
+            return Readiness(True, "schema at head", revision)
+        if revision is None:
+            return Readiness(False, "database schema is not initialised: run migrations")
+        if revision in self.revisions:
+            return Readiness(
+                False, f"schema at {revision}, behind this app's head: run migrations", revision
+            )
+        # A revision this code has never seen was written by a newer release. Migrations
+        # are expand-then-contract, so older code keeps working on it (rolling deploys and
+        # rollbacks depend on that).
+        return Readiness(True, "schema ahead of this app's head (newer release)", revision)
+
+    async def _schema_revision(self) -> str | None:
+        async with self.engine.connect() as connection:
+            result = await connection.execute(text("SELECT version_num FROM alembic_version"))
+            return result.scalar_one_or_none()
+
+    async def wait_until_reachable(self, max_delay: float = 10.0) -> None:
+        """Retry with backoff until the db answers. Containers start in any order after a
+        reboot, so an unreachable db is a state to report, never a reason to exit."""
+        delay, attempt = 0.5, 1
+        while True:
+            try:
+                async with self.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+            except (SQLAlchemyError, OSError) as exc:
+                cause = exc.orig if isinstance(exc, DBAPIError) else exc
+                log.warning(
+                    "database not reachable (attempt %d): %s; retrying in %.1fs",
+                    attempt,
+                    _first_line(cause),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay, attempt = min(delay * 2, max_delay), attempt + 1
+            else:
+                if attempt > 1:
+                    log.info("database reachable after %d attempts", attempt)
+                return
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _is_undefined_table(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == "42P01"
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text_ = str(exc).strip()
+    return text_.splitlines()[0] if text_ else type(exc).__name__
+
+
+def get_database(request: Request) -> Database:
+    return cast(Database, request.app.state.database)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request, committed before the response is sent."""
+    async with get_database(request).sessionmaker() as session:
+        yield session
+        await session.commit()
+
+
+# scope="function": the commit above must finish before the client sees a 2xx. FastAPI's
+# default for yield dependencies ("request") runs it after the response is sent.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+DatabaseDep = Annotated[Database, Depends(get_database)]

@@ -1,0 +1,57 @@
+"""The app factory and its lifespan: `uvicorn app.main:create_app --factory`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from app.api import health, items
+from app.db import Database
+from app.errors import install_error_handlers
+from app.logs import configure_logging
+from app.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("berth")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            # One readable line instead of a traceback in every worker.
+            raise SystemExit(f"berth: configuration error: {exc}") from None
+    configure_logging(settings.log_level)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database.from_settings(settings)
+        app.state.database = database
+        if settings.development_defaults:
+            log.warning(
+                "running with development-only defaults (POSTGRES_PASSWORD is the "
+                "built-in local password); set .env before exposing this to anyone"
+            )
+        waiting = asyncio.create_task(database.wait_until_reachable())
+        try:
+            yield
+        finally:
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            await database.dispose()
+            log.info("lifespan shutdown complete: database connections closed")
+
+    app = FastAPI(
+        title="Berth",
+        version=settings.app_version,
+        lifespan=lifespan,
+    )
+    app.include_router(health.router)
+    app.include_router(items.router)
+    install_error_handlers(app)
+    return app

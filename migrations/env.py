@@ -1,0 +1,153 @@
+"""Alembic's entry point: `alembic upgrade head` runs this, in the `migrate` service.
+
+Concurrent runs are safe: each takes a session-level advisory lock on its own connection and
+holds it for the whole upgrade, so a second run waits, then finds the schema at head and
+exits 0. A failure rolls the whole upgrade back (Postgres has transactional DDL), names the
+failing revision in one line, and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping
+from logging.config import fileConfig
+from typing import Any
+
+from alembic import context
+from alembic.runtime.migration import MigrationContext, MigrationInfo
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from app.models import Base
+from app.settings import ConfigError, Settings, load_settings
+
+# Any constant shared by every migrator of this database; spells "berth" in ASCII.
+MIGRATION_LOCK_ID = 0x6265727468
+# How long to wait for another migrator before giving up.
+LOCK_WAIT_SECONDS = 600
+# DDL must not queue behind a long transaction forever while holding up the app's queries.
+DDL_LOCK_TIMEOUT = "15s"
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+log = logging.getLogger("berth.migrate")
+
+
+def fail(message: str) -> SystemExit:
+    return SystemExit(f"berth: migration failed: {message}")
+
+
+def first_line(exc: BaseException) -> str:
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
+def settings() -> Settings:
+    given = config.attributes.get("settings")
+    if isinstance(given, Settings):
+        return given
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"berth: configuration error: {exc}") from None
+
+
+def acquire_lock(connection: Connection) -> None:
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    announced = False
+    try_lock = text("SELECT pg_try_advisory_lock(:id)").bindparams(id=MIGRATION_LOCK_ID)
+    while not connection.scalar(try_lock):
+        if time.monotonic() > deadline:
+            raise fail(f"another migration held the lock for over {LOCK_WAIT_SECONDS}s")
+        if not announced:
+            log.info("another migration is running; waiting for it to finish")
+            announced = True
+        time.sleep(0.5)
+    # Session-level settings persist after this commit, as does the advisory lock.
+    connection.execute(text(f"SET lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
+    connection.commit()
+
+
+def pending_revisions(connection: Connection) -> list[str]:
+    current = MigrationContext.configure(connection).get_current_revision()
+    script = ScriptDirectory.from_config(config)
+    upgrades = script.iterate_revisions("heads", current or "base")
+    return [revision.revision for revision in reversed(list(upgrades))]
+
+
+def upgrade(connection: Connection) -> None:
+    pending = pending_revisions(connection)
+    connection.commit()  # so the upgrade below runs in a transaction of its own
+    applied: list[str] = []
+
+    def record(
+        ctx: MigrationContext,
+        step: MigrationInfo,
+        heads: Collection[Any],
+        run_args: Mapping[str, Any],
+    ) -> None:
+        applied.extend(step.up_revision_ids)
+
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        on_version_apply=record,
+        compare_server_default=True,
+    )
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+    except Exception as exc:
+        failing = pending[len(applied)] if len(applied) < len(pending) else "?"
+        log.debug("migration %s failed", failing, exc_info=exc)
+        raise fail(
+            f"revision {failing} raised {type(exc).__name__}: {first_line(exc)}; "
+            "the upgrade was rolled back, the schema is unchanged "
+            "(LOG_LEVEL=debug shows the traceback)"
+        ) from None
+
+
+def run_online() -> None:
+    current = settings()
+    log.setLevel(current.log_level.upper())
+    engine = create_engine(
+        current.database_url,
+        poolclass=NullPool,
+        connect_args={
+            "connect_timeout": current.db_connect_timeout_seconds,
+            "application_name": "berth-migrate",
+        },
+    )
+    where = f"{current.postgres_host}:{current.postgres_port}/{current.postgres_db}"
+    try:
+        connection = engine.connect()
+    except OperationalError as exc:
+        raise fail(
+            f"cannot connect to {where} as {current.postgres_user}: {first_line(exc)}"
+        ) from None
+    with connection:
+        acquire_lock(connection)
+        upgrade(connection)
+        # Closing the connection also releases the session-level advisory lock.
+    engine.dispose()
+
+
+def run_offline() -> None:
+    context.configure(
+        url=settings().database_url.render_as_string(hide_password=True),
+        target_metadata=Base.metadata,
+        literal_binds=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

@@ -1,0 +1,138 @@
+"""Alembic: models match migrations, concurrent upgrades serialise, failures roll back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from alembic import command
+from testcontainers.community.postgres import PostgresContainer
+
+from app.settings import Settings
+from tests.unit.conftest import PASSWORD, ROOT, admin_connection, alembic_config, settings_for
+
+FAILING_REVISION = '''
+"""fails halfway"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("half_done", sa.Column("id", sa.Integer, primary_key=True))
+    op.add_column("items", sa.Column("colour", sa.Text))
+    op.execute("SELECT 1 / 0")
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+def alembic_cli(
+    postgres: PostgresContainer, database: str, ini: Path = ROOT / "alembic.ini"
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "POSTGRES_HOST": postgres.get_container_host_ip(),
+        "POSTGRES_PORT": str(postgres.get_exposed_port(5432)),
+        "POSTGRES_USER": "berth",
+        "POSTGRES_PASSWORD": PASSWORD,
+        "POSTGRES_DB": database,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def tables(postgres: PostgresContainer, database: str) -> set[str]:
+    with admin_connection(postgres, database) as connection:
+        rows = connection.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {row[0] for row in rows}
+
+
+def versions(postgres: PostgresContainer, database: str) -> list[str]:
+    with admin_connection(postgres, database) as connection:
+        return [row[0] for row in connection.execute("SELECT version_num FROM alembic_version")]
+
+
+def test_models_and_migrations_agree(settings: Settings) -> None:
+    command.check(alembic_config(settings))  # raises on any drift
+
+
+def test_three_concurrent_upgrades_apply_the_schema_once(
+    postgres: PostgresContainer, fresh_database: str
+) -> None:
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: alembic_cli(postgres, fresh_database), range(3)))
+    for result in results:
+        assert result.returncode == 0, result.stderr
+    assert sum("Running upgrade  -> 0001" in result.stderr for result in results) == 1
+    assert versions(postgres, fresh_database) == ["0001"]
+    assert tables(postgres, fresh_database) == {"alembic_version", "items"}
+
+
+def test_upgrade_at_head_is_a_no_op(postgres: PostgresContainer, fresh_database: str) -> None:
+    assert alembic_cli(postgres, fresh_database).returncode == 0
+    again = alembic_cli(postgres, fresh_database)
+    assert again.returncode == 0
+    assert "Running upgrade" not in again.stderr
+
+
+def test_failing_revision_rolls_back_and_is_named(
+    postgres: PostgresContainer, fresh_database: str, tmp_path: Path
+) -> None:
+    assert alembic_cli(postgres, fresh_database).returncode == 0
+    shutil.copytree(ROOT / "migrations", tmp_path / "migrations")
+    (tmp_path / "migrations" / "versions" / "0002_fails_halfway.py").write_text(FAILING_REVISION)
+    ini = tmp_path / "alembic.ini"
+    shutil.copy(ROOT / "alembic.ini", ini)
+
+    result = alembic_cli(postgres, fresh_database, ini)
+
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(
+        "berth: migration failed: revision 0002 raised DataError: division by zero"
+    )
+    assert "Traceback" not in result.stderr
+    assert versions(postgres, fresh_database) == ["0001"]
+    assert tables(postgres, fresh_database) == {"alembic_version", "items"}
+
+
+def test_wrong_password_is_one_readable_line(postgres: PostgresContainer) -> None:
+    settings = settings_for(postgres)
+    env = {
+        **os.environ,
+        "POSTGRES_HOST": settings.postgres_host,
+        "POSTGRES_PORT": str(settings.postgres_port),
+        "POSTGRES_PASSWORD": "wrong",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("berth: migration failed: cannot connect to ")
+    assert 'password authentication failed for user "berth"' in lines[-1]
+    assert "Traceback" not in result.stderr
