@@ -24,18 +24,6 @@ from app.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:17")
 PASSWORD = "unit-test-password"
-# Everything Settings reads, so a developer's shell can't leak into the tests.
-SETTINGS_ENV = [name.upper() for name in Settings.model_fields] + [
-    f"{name.upper()}_FILE" for name in Settings.model_fields
-]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def clean_environment() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name in SETTINGS_ENV:
-            patch.delenv(name, raising=False)
-        yield
 
 
 @pytest.fixture(scope="session")

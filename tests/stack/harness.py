@@ -1,0 +1,195 @@
+"""Start the real Compose stack for a test, talk to it, look inside it, and remove it.
+
+Each stack is its own Compose project (containers, networks, volumes), published on random
+127.0.0.1 ports with its own proxy subnet, so it never collides with a dev stack or another
+test's stack. `down -v` runs however the test ends (Ryuk is off here).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import httpx
+from docker.models.containers import Container
+from testcontainers.compose import DockerCompose
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERRIDES = ROOT / "tests" / "stack" / "compose"
+TEST_IMAGE = "berth-test-app"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def parse_docker_time(value: str) -> float:
+    """Docker's RFC 3339 timestamps carry nanoseconds, which fromisoformat can't take."""
+    head, _, fraction = value.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
+    return seconds + float(f"0.{fraction or 0}")
+
+
+def wait_for(
+    probe: Callable[[], T | None], *, timeout: float, interval: float = 0.2, what: str = ""
+) -> T:
+    """Poll until `probe` returns something truthy; bounded by `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout}s waiting for {what or probe}")
+        time.sleep(interval)
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    overrides: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    project: str = field(default_factory=lambda: f"berth-t{uuid.uuid4().hex[:8]}")
+
+    def __post_init__(self) -> None:
+        self.http_port = free_port()
+        self.https_port = free_port()
+        self.subnet = f"10.213.{random.randint(1, 254)}.0/24"
+        self.domain = self.env.get("DOMAIN", "localhost")
+        settings = {
+            "COMPOSE_PROJECT_NAME": self.project,
+            "APP_IMAGE": TEST_IMAGE,
+            "APP_TAG": "latest",
+            "PUBLISH_ADDRESS": "127.0.0.1",
+            "HTTP_PORT": str(self.http_port),
+            "HTTPS_PORT": str(self.https_port),
+            "PROXY_SUBNET": self.subnet,
+            **self.env,
+        }
+        self.env_file = self.workdir / f"{self.project}.env"
+        self.env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        files = ["compose.yaml", *(str(OVERRIDES / name) for name in self.overrides)]
+        self.compose = DockerCompose(
+            ROOT, compose_file_name=files, env_file=str(self.env_file), wait=True
+        )
+        self.docker = docker.from_env()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def up(
+        self, *services: str, wait: bool = True, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        args = ["up", "--detach", *(["--wait"] if wait else []), *services]
+        return self.run(*args, check=check, timeout=300)
+
+    def down(self) -> None:
+        self.run(
+            "down", "--volumes", "--remove-orphans", "--timeout", "10", check=False, timeout=180
+        )
+        self.env_file.unlink(missing_ok=True)
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Any `docker compose` command against this stack."""
+        result = subprocess.run(
+            [*self.compose.compose_command_property, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            input=input,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"docker compose {' '.join(args)} exited {result.returncode}:\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    # -- talking to it -------------------------------------------------------------------
+    def client(self, *, timeout: float = 10, **options: Any) -> httpx.Client:
+        """HTTPS through Traefik on 127.0.0.1, with the Host the router expects."""
+        options.setdefault("verify", False)
+        return httpx.Client(
+            base_url=f"https://127.0.0.1:{self.https_port}",
+            headers={"Host": self.domain},
+            timeout=timeout,
+            **options,
+        )
+
+    def psql(self, sql: str, *, check: bool = True) -> str:
+        """Run SQL as the app's database user inside the db container; rows as text."""
+        user = self.env.get("POSTGRES_USER", "berth")
+        database = self.env.get("POSTGRES_DB", "berth")
+        result = self.run(
+            "exec", "-T", "db", "psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
+            "-U", user, "-d", database, "-c", sql, check=check,
+        )  # fmt: skip
+        return result.stdout.strip()
+
+    # -- looking inside ------------------------------------------------------------------
+    def containers(self, service: str) -> list[Container]:
+        found: list[Container] = self.docker.containers.list(
+            all=True,
+            filters={
+                "label": [
+                    f"com.docker.compose.project={self.project}",
+                    f"com.docker.compose.service={service}",
+                ]
+            },
+        )
+        return found
+
+    def container(self, service: str) -> Container:
+        found = self.containers(service)
+        assert len(found) == 1, f"expected one {service} container, found {len(found)}"
+        found[0].reload()
+        return found[0]
+
+    def state(self, service: str) -> dict[str, Any]:
+        state: dict[str, Any] = self.container(service).attrs["State"]
+        return state
+
+    def logs(self, service: str) -> str:
+        return self.run("logs", "--no-log-prefix", "--no-color", service).stdout
+
+    def health_events(
+        self, service: str, since: float, until: float
+    ) -> Iterator[tuple[float, str]]:
+        """(time, status) of each health_status event of the service's containers."""
+        ids = {container.id for container in self.containers(service)}
+        events = self.docker.events(
+            since=int(since) - 1,
+            until=int(until) + 1,
+            filters={"event": "health_status", "type": "container"},
+            decode=True,
+        )
+        for event in events:
+            if event.get("id") in ids:
+                yield event["timeNano"] / 1e9, event["status"].split(":", 1)[1].strip()
+
+
+def build_test_image() -> None:
+    """Build the app image from this checkout once per test session."""
+    env = {**os.environ, "APP_IMAGE": TEST_IMAGE, "APP_TAG": "latest"}
+    subprocess.run(
+        ["docker", "compose", "--env-file", os.devnull, "build", "--quiet", "app"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=900,
+    )

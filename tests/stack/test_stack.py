@@ -1,0 +1,245 @@
+"""The default stack, as `docker compose up` starts it on a laptop with no .env."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.stack.harness import Stack, parse_docker_time, wait_for
+
+
+@pytest.fixture(scope="module")
+def started(stack_factory: Callable[..., Stack]) -> tuple[Stack, dict[str, float]]:
+    """Start the stack from nothing while polling it over HTTPS from the first moment."""
+    # Unreachable on purpose: a local stack must never ask an ACME server for anything.
+    stack = stack_factory(ACME_CA_SERVER="https://acme.invalid/directory")
+    first_success: dict[str, float] = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        with stack.client(timeout=2) as client:
+            deadline = time.monotonic() + 180
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    if client.get("/api/items").status_code == 200:
+                        first_success["at"] = time.time()
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+
+    poller = threading.Thread(target=poll)
+    began = time.time()
+    poller.start()
+    try:
+        stack.up(wait=False)
+        poller.join(timeout=120)
+    finally:
+        stop.set()
+        poller.join()
+    assert "at" in first_success, "no request through Traefik succeeded within 120 s"
+    return stack, {"began": began, "first_success": first_success["at"]}
+
+
+def first_healthy(stack: Stack, service: str, since: float) -> float:
+    for when, status in stack.health_events(service, since, time.time()):
+        if status == "healthy":
+            return when
+    raise AssertionError(f"{service} never reported healthy")
+
+
+def test_startup_order(started: tuple[Stack, dict[str, float]]) -> None:
+    stack, times = started
+    db_healthy = first_healthy(stack, "db", times["began"])
+    migrate = stack.state("migrate")
+    app = stack.state("app")
+    app_healthy = first_healthy(stack, "app", times["began"])
+
+    assert migrate["ExitCode"] == 0
+    assert db_healthy < parse_docker_time(migrate["StartedAt"])
+    assert parse_docker_time(migrate["FinishedAt"]) < parse_docker_time(app["StartedAt"])
+    assert app_healthy < times["first_success"]
+
+
+def test_items_round_trip_over_https(started: tuple[Stack, dict[str, float]]) -> None:
+    stack, _ = started
+    with stack.client() as client:
+        created = client.post("/api/items", json={"name": "Round trip", "price": "3.20"})
+        assert created.status_code == 201
+        item_id = created.json()["id"]
+        assert client.get(f"/api/items/{item_id}").json()["price"] == "3.20"
+        patched = client.patch(f"/api/items/{item_id}", json={"price": "4.00"})
+        assert patched.json()["price"] == "4.00"
+        assert client.delete(f"/api/items/{item_id}").status_code == 204
+        assert client.get(f"/api/items/{item_id}").status_code == 404
+
+
+def test_http_redirects_to_https(started: tuple[Stack, dict[str, float]]) -> None:
+    stack, _ = started
+    response = httpx.get(
+        f"http://127.0.0.1:{stack.http_port}/api/items?limit=1", headers={"Host": "localhost"}
+    )
+    assert response.status_code in (301, 308)
+    assert response.headers["location"] == "https://localhost/api/items?limit=1"
+
+
+def test_security_headers_without_hsts_on_localhost(
+    started: tuple[Stack, dict[str, float]],
+) -> None:
+    stack, _ = started
+    with stack.client() as client:
+        headers = client.get("/health/live").headers
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
+    assert "strict-transport-security" not in headers  # only for a real DOMAIN
+
+
+def tls_handshake(port: int, version: ssl.TLSVersion) -> str:
+    """Handshake with exactly one TLS version; returns the version agreed on."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = context.maximum_version = version
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        return str(tls.version())
+
+
+def test_tls_1_2_is_the_minimum(started: tuple[Stack, dict[str, float]]) -> None:
+    stack, _ = started
+    assert tls_handshake(stack.https_port, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+    assert tls_handshake(stack.https_port, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
+    with pytest.raises(ssl.SSLError, match=r"(?i)alert protocol version"):
+        tls_handshake(stack.https_port, ssl.TLSVersion.TLSv1_1)
+
+
+def test_app_sees_https_scheme_behind_the_proxy(started: tuple[Stack, dict[str, float]]) -> None:
+    stack, _ = started
+    with stack.client() as client:
+        # The trailing-slash redirect is built from the request's own URL.
+        response = client.get("/api/items/", follow_redirects=False)
+    assert response.status_code == 307
+    assert response.headers["location"] == "https://localhost/api/items"
+
+
+def test_app_sees_the_real_client_address(started: tuple[Stack, dict[str, float]]) -> None:
+    stack, _ = started
+    marker = f"client-{time.time_ns()}"
+    with stack.client() as client:
+        # A spoofed header from outside must not become the client address.
+        client.get(f"/api/items?sort=id&m={marker}", headers={"X-Forwarded-For": "203.0.113.9"})
+    traefik_ip = stack.container("traefik").attrs["NetworkSettings"]["Networks"][
+        f"{stack.project}_proxy"
+    ]["IPAddress"]
+
+    def app_log_line() -> str | None:
+        return next((line for line in stack.logs("app").splitlines() if marker in line), None)
+
+    line = wait_for(app_log_line, timeout=10, what="the app's log line")
+    client_ip = re.search(r"INFO:\s+([0-9.]+):\d+ - ", line)
+    assert client_ip is not None, line
+    assert client_ip.group(1) not in (traefik_ip, "203.0.113.9")
+    proxy_seen = [entry for entry in stack.logs("traefik").splitlines() if marker in entry]
+    assert proxy_seen
+    assert f'"ClientHost":"{client_ip.group(1)}"' in proxy_seen[0]
+
+
+def test_localhost_gets_a_self_signed_certificate_and_no_acme(
+    started: tuple[Stack, dict[str, float]],
+) -> None:
+    stack, _ = started
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", stack.https_port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        certificate = tls.getpeercert(binary_form=True) or b""
+    assert b"TRAEFIK DEFAULT CERT" in certificate
+    traefik_log = stack.logs("traefik")
+    assert "acme.invalid" in traefik_log  # the resolver is configured with it...
+    assert "Unable to obtain ACME certificate" not in traefik_log  # ...and never used
+
+
+def test_local_default_says_it_uses_development_values(
+    started: tuple[Stack, dict[str, float]],
+) -> None:
+    stack, _ = started
+    assert "development-only defaults" in stack.logs("preflight")
+    assert "development-only defaults" in stack.logs("app")
+
+
+def test_database_is_not_published(started: tuple[Stack, dict[str, float]]) -> None:
+    stack, _ = started
+    assert stack.container("db").attrs["NetworkSettings"]["Ports"] in ({}, {"5432/tcp": None})
+    assert stack.container("db").attrs["HostConfig"]["PortBindings"] in ({}, None)
+
+
+def test_app_runs_as_an_unprivileged_user(started: tuple[Stack, dict[str, float]]) -> None:
+    stack, _ = started
+    assert stack.run("exec", "-T", "app", "id", "-u").stdout.strip() == "10001"
+
+
+def test_graceful_shutdown_finishes_requests_in_flight(
+    started: tuple[Stack, dict[str, float]],
+) -> None:
+    """Runs last in this module: it stops the app."""
+    stack, _ = started
+    with stack.client() as client:
+        item = client.post("/api/items", json={"name": "contended", "price": "1.00"}).json()
+
+    # Hold the item's row lock for 4 s, so PATCHes to it stay in flight that long.
+    locker = threading.Thread(
+        target=stack.psql,
+        args=(f"BEGIN; SELECT 1 FROM items WHERE id = {item['id']} FOR UPDATE; "
+              "SELECT pg_sleep(4); COMMIT;",),
+    )  # fmt: skip
+    locker.start()
+    wait_for(
+        lambda: stack.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(4)%'"
+                           " AND pid <> pg_backend_pid()") == "1",
+        timeout=10, what="the row lock",
+    )  # fmt: skip
+
+    in_flight = 8
+
+    def patch(number: int) -> int:
+        with stack.client(timeout=30) as client:
+            response = client.patch(f"/api/items/{item['id']}", json={"price": f"{number}.00"})
+            return response.status_code
+
+    with ThreadPoolExecutor(max_workers=in_flight) as pool:
+        results = [pool.submit(patch, number) for number in range(in_flight)]
+        wait_for(
+            lambda: int(stack.psql("SELECT count(*) FROM pg_stat_activity "
+                                   "WHERE wait_event_type = 'Lock'")) == in_flight,
+            timeout=10, what="all PATCHes to wait on the lock",
+        )  # fmt: skip
+        stopping = time.monotonic()
+        stack.run("stop", "app", timeout=60)
+        stop_seconds = time.monotonic() - stopping
+        statuses = [result.result() for result in results]
+    locker.join()
+
+    assert statuses == [200] * in_flight
+    state = stack.state("app")
+    assert state["Status"] == "exited"
+    assert state["ExitCode"] == 0
+    assert stop_seconds < 30  # stop_grace_period: never needed SIGKILL
+    logs = stack.logs("app")
+    assert logs.count("lifespan shutdown complete") == 2  # one per worker
