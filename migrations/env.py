@@ -73,16 +73,14 @@ def acquire_lock(connection: Connection) -> None:
     connection.commit()
 
 
-def pending_revisions(connection: Connection) -> list[str]:
-    current = MigrationContext.configure(connection).get_current_revision()
+def pending_revisions() -> list[str]:
+    current = context.get_context().get_current_revision()
     script = ScriptDirectory.from_config(config)
     upgrades = script.iterate_revisions("heads", current or "base")
     return [revision.revision for revision in reversed(list(upgrades))]
 
 
 def upgrade(connection: Connection) -> None:
-    pending = pending_revisions(connection)
-    connection.commit()  # so the upgrade below runs in a transaction of its own
     applied: list[str] = []
 
     def record(
@@ -99,6 +97,8 @@ def upgrade(connection: Connection) -> None:
         on_version_apply=record,
         compare_server_default=True,
     )
+    pending = pending_revisions()
+    connection.commit()  # so the upgrade below runs in a transaction of its own
     try:
         with context.begin_transaction():
             context.run_migrations()
