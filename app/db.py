@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from app.deadline import within
 from app.settings import Settings
 
 log = logging.getLogger("berth.db")
@@ -44,6 +45,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
             "connect_timeout": settings.db_connect_timeout_seconds,
             "application_name": "berth-app",
             "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+            # A network partition shows up as unacknowledged data or silence: give up on
+            # the connection after 10 s of either, instead of the kernel's 15+ minutes.
+            "tcp_user_timeout": 10_000,
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
         },
     )
 
@@ -83,8 +91,7 @@ class Database:
 
     async def readiness(self) -> Readiness:
         try:
-            async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
-                revision = await self._schema_revision()
+            revision = await within(self._schema_revision(), READINESS_TIMEOUT_SECONDS)
         except TimeoutError:
             return Readiness(False, "database did not answer in time")
         except DBAPIError as exc:

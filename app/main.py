@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from app.api import health, items
 from app.db import Database
+from app.deadline import RequestDeadline
 from app.errors import install_error_handlers
 from app.logs import configure_logging
 from app.settings import ConfigError, Settings, load_settings
@@ -54,4 +55,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(items.router)
     install_error_handlers(app)
+    app.add_middleware(RequestDeadline, seconds=settings.request_timeout_seconds)
     return app

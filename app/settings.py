@@ -91,7 +91,10 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=5, ge=0, le=100)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     db_connect_timeout_seconds: int = Field(default=3, ge=1, le=60)
-    db_statement_timeout_ms: int = Field(default=15_000, ge=0)
+    db_statement_timeout_ms: int = Field(default=10_000, ge=0)
+    # Longer than the statement timeout, which ends slow queries with a clearer error; this
+    # one ends waits that no database timeout can (see app/deadline.py).
+    request_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     app_version: str = "dev"
