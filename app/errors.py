@@ -4,12 +4,15 @@ was, never as a traceback."""
 from __future__ import annotations
 
 import logging
+import re
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request, Response, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("berth.errors")
 
@@ -53,7 +56,31 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
+async def http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's handler, except that a 405's Allow lists every method the path accepts:
+    Starlette reports only the methods of the first route whose path matched."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        allowed = ", ".join(_documented_methods(request))
+        exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": allowed})
+    return await http_exception_handler(request, exc)
+
+
+def _documented_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for the request's path (HEAD comes with GET)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        parts = re.split(r"(\{[^/}]+\})", template)
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     for outage in (OperationalError, InterfaceError, PoolTimeoutError, ConnectionError):
         app.add_exception_handler(outage, database_unavailable)

@@ -1,20 +1,32 @@
-"""The API's request and response bodies."""
+"""The API's request and response bodies.
+
+Each input field's published JSON Schema says exactly what its validator accepts, so the
+OpenAPI document is a contract a client (or a fuzzer) can rely on: nothing it calls valid is
+refused, and nothing it calls invalid is accepted.
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from app.models import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, PRICE_DIGITS, PRICE_SCALE
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 
+WHOLE_DIGITS = PRICE_DIGITS - PRICE_SCALE
+MAX_PRICE = Decimal(f"{'9' * WHOLE_DIGITS}.{'9' * PRICE_SCALE}")
+PRICE_STRING = re.compile(rf"^[0-9]{{1,{WHOLE_DIGITS}}}(\.[0-9]{{1,{PRICE_SCALE}}})?$")
+NO_NUL = r"^[^\x00]*$"
+NOT_BLANK = r"\S"
 
-def _storable_text(value: str) -> str:
+
+def _storable(value: str) -> str:
     # Postgres text cannot hold NUL, and a lone surrogate cannot be encoded as UTF-8:
     # both would fail deep in the driver, so refuse them here with a 422.
     if "\x00" in value:
@@ -26,28 +38,68 @@ def _storable_text(value: str) -> str:
     return value
 
 
+def _not_blank(value: str) -> str:
+    if not re.search(NOT_BLANK, value):
+        raise ValueError("must contain a non-space character")
+    return value
+
+
+def _price_text(value: Any) -> Any:
+    if isinstance(value, str) and not PRICE_STRING.match(value):
+        raise ValueError('must be a decimal string such as "12.50"')
+    return value
+
+
 Name = Annotated[
     str,
-    Field(min_length=1, max_length=NAME_MAX_LENGTH, examples=["Espresso cup"]),
-    AfterValidator(_storable_text),
+    Field(min_length=1, max_length=NAME_MAX_LENGTH),
+    AfterValidator(_storable),
+    AfterValidator(_not_blank),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": NAME_MAX_LENGTH,
+            "pattern": rf"^[^\x00]*{NOT_BLANK}[^\x00]*$",
+            "examples": ["Espresso cup"],
+        },
+        mode="validation",
+    ),
 ]
 Description = Annotated[
-    str, Field(max_length=DESCRIPTION_MAX_LENGTH), AfterValidator(_storable_text)
+    str,
+    Field(max_length=DESCRIPTION_MAX_LENGTH),
+    AfterValidator(_storable),
+    WithJsonSchema(
+        {"type": "string", "maxLength": DESCRIPTION_MAX_LENGTH, "pattern": NO_NUL},
+        mode="validation",
+    ),
 ]
+# JSON numbers arrive as Decimal (see app/api), so 0.29 is exactly 0.29, never a float.
 Price = Annotated[
     Decimal,
-    Field(
-        ge=0,
-        max_digits=PRICE_DIGITS,
-        decimal_places=PRICE_SCALE,
-        allow_inf_nan=False,
-        examples=["12.50"],
+    BeforeValidator(_price_text),
+    Field(ge=0, le=MAX_PRICE, max_digits=PRICE_DIGITS, decimal_places=PRICE_SCALE),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": float(MAX_PRICE),
+                    "multipleOf": 0.01,
+                },
+                {"type": "string", "pattern": PRICE_STRING.pattern},
+            ],
+            "examples": ["12.50"],
+        },
+        mode="validation",
     ),
 ]
 
 
 class ItemCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
     name: Name
     description: Description | None = None
@@ -57,7 +109,7 @@ class ItemCreate(BaseModel):
 class ItemUpdate(BaseModel):
     """A partial update: only the fields sent are changed."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
     name: Name = None  # type: ignore[assignment]  # absent means unchanged; null is refused
     description: Description | None = None
@@ -70,7 +122,7 @@ class ItemRead(BaseModel):
     id: int
     name: str
     description: str | None
-    price: Decimal
+    price: Annotated[Decimal, Field(examples=["12.50"])]
     created_at: datetime
     updated_at: datetime
 

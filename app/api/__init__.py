@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
+from decimal import Decimal
 from typing import Any
 
 from fastapi import Request, Response
@@ -25,7 +26,16 @@ def _bounded_int(literal: str) -> int:
 class _JSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = json.loads(await self.body(), parse_int=_bounded_int)
+            body = await self.body()
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                # JSON is UTF-8 (RFC 8259): anything else is malformed JSON, a 422.
+                raise json.JSONDecodeError(
+                    "body is not valid UTF-8", repr(body), exc.start
+                ) from None
+            # Decimal, not float: prices must arrive exactly as the client wrote them.
+            self._json = json.loads(text, parse_int=_bounded_int, parse_float=Decimal)
         return self._json
 
 

@@ -104,3 +104,39 @@ async def test_bad_ids_are_422(client: httpx.AsyncClient, item_id: str) -> None:
 async def test_largest_bigint_id_is_a_plain_404(client: httpx.AsyncClient) -> None:
     response = await client.get(f"/api/items/{2**63 - 1}")
     assert response.status_code == 404
+
+
+async def test_non_utf8_body_is_422(client: httpx.AsyncClient) -> None:
+    response = await post_raw(client, b'{"name": "\xff\xfe", "price": "1"}')
+    assert response.status_code == 422
+    assert "not valid UTF-8" in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("price", ["1e2", "+1", " 1", "1.", ".5", "12.500", "0x10", "١٢"])
+async def test_price_strings_must_be_plain_decimals(client: httpx.AsyncClient, price: str) -> None:
+    assert "body.price" in field_errors(
+        await client.post("/api/items", json={"name": "x", "price": price})
+    )
+
+
+async def test_price_numbers_are_taken_exactly(client: httpx.AsyncClient) -> None:
+    # As floats, 0.29 and 0.1 + 0.2 would be 0.28999... and 0.30000000000000004.
+    response = await post_raw(client, b'{"name": "exact", "price": 0.29}')
+    assert response.json()["price"] == "0.29"
+    response = await post_raw(client, b'{"name": "trailing zero", "price": 12.500}')
+    assert response.json()["price"] == "12.50"
+    response = await post_raw(client, b'{"name": "noisy", "price": 0.30000000000000004}')
+    assert "body.price" in field_errors(response)
+
+
+async def test_names_are_stored_verbatim(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/items", json={"name": "  padded  ", "price": "1"})
+    assert response.json()["name"] == "  padded  "
+
+
+async def test_405_lists_every_allowed_method(client: httpx.AsyncClient) -> None:
+    response = await client.put("/api/items")
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+    response = await client.post("/api/items/1")
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "PATCH", "DELETE"}
