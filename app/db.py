@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
+import psycopg
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import Depends, Request
@@ -33,7 +34,9 @@ READINESS_TIMEOUT_SECONDS = 2.0
 
 def create_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
+        # The URL picks the dialect; connections come from the creator below.
         settings.database_url,
+        async_creator=connector(settings),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
@@ -41,19 +44,42 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # instead of failing the request that drew it.
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={
-            "connect_timeout": settings.db_connect_timeout_seconds,
-            "application_name": "berth-app",
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
-            # A network partition shows up as unacknowledged data or silence: give up on
-            # the connection after 10 s of either, instead of the kernel's 15+ minutes.
-            "tcp_user_timeout": 10_000,
-            "keepalives": 1,
-            "keepalives_idle": 30,
-            "keepalives_interval": 5,
-            "keepalives_count": 3,
-        },
     )
+
+
+def connector(settings: Settings) -> Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]:
+    """Opens a connection within DB_CONNECT_TIMEOUT_SECONDS, all of it. psycopg's own
+    connect_timeout starts only after the host name is resolved, and resolving a stopped
+    container's name can stall for the resolver's 5 s retry."""
+    timeout = settings.db_connect_timeout_seconds
+    params: dict[str, Any] = {
+        "host": settings.postgres_host,
+        "port": settings.postgres_port,
+        "user": settings.postgres_user,
+        "password": settings.postgres_password.get_secret_value(),
+        "dbname": settings.postgres_db,
+        "connect_timeout": timeout,
+        "application_name": "berth-app",
+        "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+        # A network partition shows up as unacknowledged data or silence: give up on the
+        # connection after 10 s of either, instead of the kernel's 15+ minutes.
+        "tcp_user_timeout": 10_000,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+
+    async def connect() -> psycopg.AsyncConnection[Any]:
+        try:
+            return await asyncio.wait_for(psycopg.AsyncConnection.connect(**params), timeout)
+        except TimeoutError:
+            raise psycopg.errors.ConnectionTimeout(
+                f"connecting to {settings.postgres_host}:{settings.postgres_port} "
+                f"took longer than {timeout}s"
+            ) from None
+
+    return connect
 
 
 def migration_heads(ini_path: Path = ALEMBIC_INI) -> frozenset[str]:
@@ -97,9 +123,9 @@ class Database:
         except DBAPIError as exc:
             if _is_undefined_table(exc):
                 return Readiness(False, "database schema is not initialised: run migrations")
-            return Readiness(False, f"database unavailable: {_first_line(exc.orig)}")
+            return Readiness(False, f"database unavailable: {describe(exc)}")
         except (SQLAlchemyError, OSError) as exc:
-            return Readiness(False, f"database unavailable: {_first_line(exc)}")
+            return Readiness(False, f"database unavailable: {describe(exc)}")
         return self._judge_revision(revision)
 
     def _judge_revision(self, revision: str | None) -> Readiness:
@@ -130,11 +156,10 @@ class Database:
                 async with self.engine.connect() as connection:
                     await connection.execute(text("SELECT 1"))
             except (SQLAlchemyError, OSError) as exc:
-                cause = exc.orig if isinstance(exc, DBAPIError) else exc
                 log.warning(
                     "database not reachable (attempt %d): %s; retrying in %.1fs",
                     attempt,
-                    _first_line(cause),
+                    describe(exc),
                     delay,
                 )
                 await asyncio.sleep(delay)
@@ -152,9 +177,12 @@ def _is_undefined_table(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) == "42P01"
 
 
-def _first_line(exc: BaseException | None) -> str:
-    text_ = str(exc).strip()
-    return text_.splitlines()[0] if text_ else type(exc).__name__
+def describe(exc: BaseException) -> str:
+    """The first line of a database error's message: the driver's own words, without
+    SQLAlchemy's multi-line wrapper."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
 
 
 def get_database(request: Request) -> Database:

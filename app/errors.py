@@ -14,6 +14,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.db import describe
+
 log = logging.getLogger("berth.errors")
 
 # How long a client should wait before retrying while the database is away.
@@ -21,7 +23,7 @@ RETRY_AFTER_SECONDS = 5
 
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+    log.warning("%s %s: database unavailable: %s", request.method, request.url.path, describe(exc))
     return JSONResponse(
         {"detail": "database unavailable, try again shortly"},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,

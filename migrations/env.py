@@ -18,9 +18,10 @@ from alembic import context
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from app.db import describe
 from app.models import Base
 from app.settings import ConfigError, Settings, load_settings
 
@@ -39,12 +40,6 @@ log = logging.getLogger("berth.migrate")
 
 def fail(message: str) -> SystemExit:
     return SystemExit(f"berth: migration failed: {message}")
-
-
-def first_line(exc: BaseException) -> str:
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    lines = str(cause).strip().splitlines()
-    return lines[0] if lines else type(cause).__name__
 
 
 def settings() -> Settings:
@@ -106,7 +101,7 @@ def upgrade(connection: Connection) -> None:
         failing = pending[len(applied)] if len(applied) < len(pending) else "?"
         log.debug("migration %s failed", failing, exc_info=exc)
         raise fail(
-            f"revision {failing} raised {type(exc).__name__}: {first_line(exc)}; "
+            f"revision {failing} raised {type(exc).__name__}: {describe(exc)}; "
             "the upgrade was rolled back, the schema is unchanged "
             "(LOG_LEVEL=debug shows the traceback)"
         ) from None
@@ -128,7 +123,7 @@ def run_online() -> None:
         connection = engine.connect()
     except OperationalError as exc:
         raise fail(
-            f"cannot connect to {where} as {current.postgres_user}: {first_line(exc)}"
+            f"cannot connect to {where} as {current.postgres_user}: {describe(exc)}"
         ) from None
     with connection:
         acquire_lock(connection)
