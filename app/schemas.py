@@ -12,7 +12,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 from app.models import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, PRICE_DIGITS, PRICE_SCALE
 
@@ -98,18 +106,29 @@ Price = Annotated[
 ]
 
 
-class ItemCreate(BaseModel):
+class RequestBody(BaseModel):
+    """A JSON object with no unknown fields. FastAPI validates bodies with
+    from_attributes=True, which would read a bare JSON number (a Decimal here) as an object
+    with no attributes: an all-optional model would accept it."""
+
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _must_be_an_object(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("the body must be a JSON object")
+        return data
+
+
+class ItemCreate(RequestBody):
     name: Name
     description: Description | None = None
     price: Price
 
 
-class ItemUpdate(BaseModel):
+class ItemUpdate(RequestBody):
     """A partial update: only the fields sent are changed."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: Name = None  # type: ignore[assignment]  # absent means unchanged; null is refused
     description: Description | None = None

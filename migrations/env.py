@@ -122,9 +122,13 @@ def run_online() -> None:
     try:
         connection = engine.connect()
     except OperationalError as exc:
-        raise fail(
-            f"cannot connect to {where} as {current.postgres_user}: {describe(exc)}"
-        ) from None
+        reason = describe(exc)
+        if "password authentication failed" in reason:
+            reason += (
+                " (Postgres takes POSTGRES_PASSWORD only when it creates the volume; "
+                "to change it later, also run ALTER ROLE ... PASSWORD in psql)"
+            )
+        raise fail(f"cannot connect to {where} as {current.postgres_user}: {reason}") from None
     with connection:
         acquire_lock(connection)
         upgrade(connection)

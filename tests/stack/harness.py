@@ -79,13 +79,24 @@ class Stack:
             "PROXY_SUBNET": self.subnet,
             **self.env,
         }
+        self.settings = settings
         self.env_file = self.workdir / f"{self.project}.env"
-        self.env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        self._write_env()
         files = ["compose.yaml", *(str(OVERRIDES / name) for name in self.overrides)]
         self.compose = DockerCompose(
             ROOT, compose_file_name=files, env_file=str(self.env_file), wait=True
         )
         self.docker = docker.from_env()
+
+    def _write_env(self) -> None:
+        lines = (f"{key}={value}\n" for key, value in self.settings.items())
+        self.env_file.write_text("".join(lines))
+
+    def set_env(self, **changes: str) -> None:
+        """Change the stack's .env, as an operator editing it between two `up`s would."""
+        self.settings.update(changes)
+        self.env.update(changes)
+        self._write_env()
 
     # -- lifecycle ---------------------------------------------------------------------
     def up(

@@ -75,8 +75,13 @@ async def test_malformed_json_is_422(client: httpx.AsyncClient) -> None:
 
 
 async def test_non_object_body_is_422(client: httpx.AsyncClient) -> None:
-    for raw in (b"[]", b'"x"', b"null", b"12"):
+    item = (await client.post("/api/items", json={"name": "target", "price": "1"})).json()
+    for raw in (b"[]", b'"x"', b"null", b"12", b"5.5", b"-1.4e16", b"true"):
         response = await post_raw(client, raw)
+        assert response.status_code == 422, raw
+        response = await client.patch(
+            f"/api/items/{item['id']}", content=raw, headers={"content-type": "application/json"}
+        )
         assert response.status_code == 422, raw
 
 

@@ -1,0 +1,154 @@
+"""Bad and hostile input, through Traefik over HTTPS: fuzzing, oversized bodies, slow
+clients."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.stack.faults import report
+from tests.stack.harness import Stack, wait_for
+
+READ_TIMEOUT = 30  # entryPoints.websecure.transport.respondingTimeouts.readTimeout
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory: Callable[..., Stack]) -> Stack:
+    stack = stack_factory()
+    stack.up()
+    with stack.client() as client:
+        wait_for(lambda: client.get("/health/ready").status_code == 200, timeout=30)
+    return stack
+
+
+def test_schemathesis_finds_no_server_errors_or_schema_violations(stack: Stack) -> None:
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "schemathesis.cli", "run",
+            f"https://127.0.0.1:{stack.https_port}/openapi.json",
+            "--header", "Host: localhost", "--tls-verify", "false",
+            "--checks", "all", "--seed", "20261124", "--max-examples", "40",
+            "--generation-database", "none", "--no-color", "--request-timeout", "20",
+        ],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "No issues found" in result.stdout
+    cases = next(line for line in result.stdout.splitlines() if "generated" in line)
+    report("schemathesis", summary=cases.strip())
+
+
+def test_oversized_body_is_refused_by_the_proxy(stack: Stack) -> None:
+    before = stack.psql("SELECT count(*) FROM items")
+    body = b'{"name": "big", "price": "1", "description": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    with stack.client() as client:
+        response = client.post(
+            "/api/items", content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 413
+    assert "server" not in response.headers  # Traefik answered; uvicorn never saw it
+    assert stack.psql("SELECT count(*) FROM items") == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/items?limit=501", None),
+        ("GET", "/api/items?offset=-1", None),
+        ("POST", "/api/items", b'{"name": "x", '),
+        ("POST", "/api/items", b'{"name": 1, "price": "1"}'),
+        ("POST", "/api/items", b'{"name": "x", "price": 1e400}'),
+        ("POST", "/api/items", b'{"name": "' + b"n" * 5000 + b'", "price": "1"}'),
+        ("POST", "/api/items", b'{"name": "x", "price": "1", "admin": true}'),
+    ],
+    ids=["limit-too-big", "negative-offset", "malformed", "wrong-type", "huge-number",
+         "long-string", "unknown-field"],
+)  # fmt: skip
+def test_bad_input_through_the_proxy_is_422(
+    stack: Stack, method: str, path: str, body: bytes | None
+) -> None:
+    with stack.client() as client:
+        response = client.request(
+            method, path, content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 422
+    errors = response.json()["detail"]
+    assert errors
+    assert all({"loc", "msg", "type"} <= set(error) for error in errors)
+
+
+def slow_socket(port: int, first_bytes: bytes) -> ssl.SSLSocket:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    tls = context.wrap_socket(raw, server_hostname="localhost")
+    tls.sendall(first_bytes)
+    tls.setblocking(False)
+    return tls
+
+
+def is_cut(connection: ssl.SSLSocket) -> bool:
+    """Has the server closed this connection (or answered it, before closing)?"""
+    try:
+        return connection.recv(4096) is not None  # b"" (closed) or an error response
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False  # still open, waiting for the rest of our request
+    except OSError:
+        return True
+
+
+def dribble(connections: list[ssl.SSLSocket]) -> None:
+    """Send one more byte on each connection, as a slowloris client does to stay alive."""
+    for connection in connections:
+        with contextlib.suppress(OSError):
+            connection.send(b"X")
+
+
+def test_slow_clients_are_cut_and_never_starve_other_clients(stack: Stack) -> None:
+    partial_headers = b"GET /api/items HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
+    partial_body = (
+        b"POST /api/items HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100000\r\n\r\n{"name"'
+    )
+    slow = [slow_socket(stack.https_port, partial_headers) for _ in range(60)]
+    slow += [slow_socket(stack.https_port, partial_body) for _ in range(40)]
+    opened = time.monotonic()
+    latencies = []
+    try:
+        with stack.client() as client:
+            while time.monotonic() - opened < READ_TIMEOUT - 5:
+                started = time.monotonic()
+                assert client.get("/api/items?limit=1").status_code == 200
+                latencies.append(time.monotonic() - started)
+                if len(latencies) % 25 == 0:
+                    dribble(slow)
+                time.sleep(0.2)
+        assert not any(is_cut(connection) for connection in slow)  # not cut too early
+        cut = wait_for(
+            lambda: all(is_cut(connection) for connection in slow) or None,
+            timeout=20,
+            interval=0.5,
+            what="Traefik to cut the slow clients",
+        )
+        cut_after = time.monotonic() - opened
+    finally:
+        for connection in slow:
+            connection.close()
+    assert cut
+    assert max(latencies) < 1.0
+    assert READ_TIMEOUT - 5 < cut_after < READ_TIMEOUT + 5
+    report(
+        "slow clients",
+        slow_connections=len(slow),
+        served_meanwhile=len(latencies),
+        slowest_meanwhile_seconds=round(max(latencies), 3),
+        cut_after_seconds=round(cut_after, 1),
+    )
