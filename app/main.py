@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from app.api import health, items
+from app.api import health, items, version
 from app.db import Database
 from app.deadline import RequestDeadline
 from app.errors import install_error_handlers
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(items.router)
+    app.include_router(version.router)
     install_error_handlers(app)
     app.add_middleware(RequestDeadline, seconds=settings.request_timeout_seconds)
     return app

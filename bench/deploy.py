@@ -1,0 +1,124 @@
+"""Berth's zero-downtime deploy against the naive `docker compose up -d`, under one load.
+
+    uv run python -m bench.deploy [--rounds N]
+
+Each round deploys a new version twice under the same load through Traefik over HTTPS
+(4 clients, GET /api/version, GET /api/items, POST /api/items), once with scripts/deploy
+and once by changing the image and running `docker compose up -d`. Writes
+bench/results/deploy-<timestamp>.json and bench/results/deploy.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
+
+import docker
+
+from tests.stack.deploying import Deploy, deploy_script, derived_image, serving, under_load
+from tests.stack.harness import TEST_IMAGE, Stack, build_test_image, wait_for
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def figures(deploy: Deploy) -> dict[str, Any]:
+    outcomes = deploy.load.outcomes
+    return {
+        "exit_code": deploy.result.returncode,
+        "seconds": round(deploy.seconds, 1),
+        "requests": len(outcomes),
+        "failed": len(deploy.load.failures()),
+        "slowest_seconds": round(max(o.seconds for o in outcomes), 2),
+        "statuses": sorted({str(o.status or o.error) for o in deploy.load.failures()}),
+    }
+
+
+def run(rounds: int) -> dict[str, list[dict[str, Any]]]:
+    build_test_image()
+    tags = [f"bench-{number}" for number in range(2 * rounds + 1)]
+    for tag in tags:
+        derived_image(tag, "latest", tag, files={})
+    results: dict[str, list[dict[str, Any]]] = {"scripts/deploy": [], "docker compose up -d": []}
+    with tempfile.TemporaryDirectory() as workdir:
+        stack = Stack(workdir=Path(workdir))
+        try:
+            assert deploy_script(stack, "--tag", tags[0]).returncode == 0
+            for number in range(rounds):
+                berth_tag, naive_tag = tags[2 * number + 1], tags[2 * number + 2]
+
+                def berth_deploy(tag: str = berth_tag) -> CompletedProcess[str]:
+                    return deploy_script(stack, "--tag", tag)
+
+                def naive_serving(tag: str = naive_tag) -> bool:
+                    return wait_for(lambda: serving(stack) == tag, timeout=90)
+
+                berth = under_load(stack, berth_deploy)
+                results["scripts/deploy"].append(figures(berth))
+                stack.set_env(APP_TAG=naive_tag)
+                naive = under_load(
+                    stack, lambda: stack.run("up", "--detach", check=False), done=naive_serving
+                )
+                results["docker compose up -d"].append(figures(naive))
+                stack.set_env(APP_TAG="latest")
+                print(f"round {number + 1}: {results['scripts/deploy'][-1]}, "
+                      f"{results['docker compose up -d'][-1]}")  # fmt: skip
+        finally:
+            stack.down()
+            client = docker.from_env()
+            for tag in tags:
+                client.images.remove(f"{TEST_IMAGE}:{tag}", force=True)
+    return results
+
+
+def markdown(results: dict[str, list[dict[str, Any]]], when: str) -> str:
+    lines = [
+        f"# Deploy under load: Berth vs the naive redeploy ({when})",
+        "",
+        "Same stack, same load (4 clients through Traefik over HTTPS: GET /api/version,",
+        "GET /api/items, POST /api/items), same change of image. Produced by",
+        "`uv run python -m bench.deploy`.",
+        "",
+        "| method | rounds | failed requests (each round) | requests (each round) "
+        "| slowest request, s | deploy seconds, median (max) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, rounds in results.items():
+        seconds = [r["seconds"] for r in rounds]
+        lines.append(
+            f"| `{method}` | {len(rounds)} | {', '.join(str(r['failed']) for r in rounds)} "
+            f"| {', '.join(str(r['requests']) for r in rounds)} "
+            f"| {max(r['slowest_seconds'] for r in rounds):.2f} "
+            f"| {statistics.median(seconds):.1f} ({max(seconds):.1f}) |"
+        )
+    lines += [
+        "",
+        "A deploy's seconds run from the command's start until the new version serves: for",
+        "scripts/deploy that is when it exits (it waits for Traefik to route to the new",
+        "containers and drains the old ones); for `up -d`, until /api/version answers with",
+        "the new version. Failed means any non-2xx answer or a connection error; a request",
+        "still unanswered after 30 s counts as failed (ReadTimeout). Requests hanging on a",
+        "stopping container are why the naive redeploy gets through far fewer requests.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    rounds = parser.parse_args().rounds
+    when = time.strftime("%Y-%m-%dT%H-%M-%S")
+    results = run(rounds)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"deploy-{when}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "deploy.md").write_text(markdown(results, when))
+    print(markdown(results, when))
+
+
+if __name__ == "__main__":
+    main()

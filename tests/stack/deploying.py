@@ -1,0 +1,122 @@
+"""Deploying under load: shared by tests/stack/test_deploy.py and bench/deploy.py."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import httpx
+
+from tests.stack.faults import Load, Outcome, report, summary
+from tests.stack.harness import ROOT, TEST_IMAGE, Stack, wait_for
+
+FIXTURES = ROOT / "tests" / "stack" / "fixtures"
+MIGRATIONS = "/app/migrations/versions"
+
+
+def derived_image(tag: str, base: str, version: str, *lines: str, files: dict[str, Path]) -> None:
+    """TEST_IMAGE:tag = TEST_IMAGE:base plus a few Dockerfile lines, with APP_VERSION set."""
+    dockerfile = "\n".join(
+        [f"FROM {TEST_IMAGE}:{base}", *lines, f"ENV APP_VERSION={version}"]
+        + [f"COPY {name} {MIGRATIONS}/{name}" for name in files]
+    )
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, data in {"Dockerfile": dockerfile.encode(),
+                           **{n: p.read_bytes() for n, p in files.items()}}.items():  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    docker.from_env().images.build(
+        fileobj=context, custom_context=True, tag=f"{TEST_IMAGE}:{tag}", rm=True
+    )
+
+
+@dataclass
+class Deploy:
+    result: subprocess.CompletedProcess[str]
+    seconds: float
+    load: Load
+
+
+def deploy_script(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "COMPOSE_ENV_FILES": str(stack.env_file),
+        "BERTH_STATE_DIR": str(stack.workdir / "deploy-state"),
+    }
+    return subprocess.run(
+        [str(ROOT / "scripts" / "deploy"), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def version_mix(client: httpx.Client, worker: int, number: int) -> tuple[httpx.Response, str]:
+    """GET /api/version (tagged with the version that answered), GET and POST items."""
+    kind = number % 3
+    if kind == 0:
+        response = client.get("/api/version")
+        return response, response.json()["version"] if response.status_code == 200 else ""
+    if kind == 1:
+        return client.get("/api/items", params={"limit": 5}), ""
+    name = f"deploy-{worker}-{number}-{time.time_ns()}"
+    return client.post("/api/items", json={"name": name, "price": "2.50"}), ""
+
+
+def under_load(
+    stack: Stack,
+    action: Callable[[], subprocess.CompletedProcess[str]],
+    done: Callable[[], object] | None = None,
+) -> Deploy:
+    """Runs `action` inside a bounded load through Traefik, with 3 s of load either side.
+    The deploy counts as finished when `action` returns and, if given, `done()` returns."""
+    with Load(stack, request=version_mix, clients=4, max_seconds=120) as load:
+        time.sleep(3)
+        started = time.monotonic()
+        result = action()
+        if done is not None:
+            done()
+        seconds = time.monotonic() - started
+        time.sleep(3)
+    return Deploy(result, seconds, load)
+
+
+def versions(outcomes: list[Outcome]) -> list[str]:
+    return [outcome.tag for outcome in outcomes if outcome.tag]
+
+
+def serving(stack: Stack) -> str:
+    """The version Traefik routes to (right after `up`, Traefik may 404 for a second)."""
+    with stack.client() as client:
+
+        def answer() -> str | None:
+            response = client.get("/api/version")
+            return str(response.json()["version"]) if response.status_code == 200 else None
+
+        return wait_for(answer, timeout=10, what="/api/version")
+
+
+def sigterm_times(stack: Stack, container_ids: set[str], since: float) -> list[float]:
+    events = stack.docker.events(
+        since=int(since) - 1, until=int(time.time()) + 1,
+        filters={"type": "container", "event": "kill"}, decode=True,
+    )  # fmt: skip
+    return [e["timeNano"] / 1e9 for e in events if e["id"] in container_ids]
+
+
+def app_ids(stack: Stack) -> set[str]:
+    return {c.id for c in stack.containers("app") if c.status == "running"}
+
+
+def record(name: str, deploy: Deploy) -> None:
+    report(name, exit_code=deploy.result.returncode, seconds=round(deploy.seconds, 1),
+           **summary(deploy.load))  # fmt: skip

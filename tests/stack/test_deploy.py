@@ -1,0 +1,140 @@
+"""scripts/deploy under load: zero failed requests for a new version, a version that never
+turns healthy, a failing migration, and a rollback; the naive redeploy for comparison."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import docker
+import pytest
+
+from tests.stack.deploying import (
+    FIXTURES,
+    app_ids,
+    deploy_script,
+    derived_image,
+    record,
+    serving,
+    sigterm_times,
+    under_load,
+    versions,
+)
+from tests.stack.harness import TEST_IMAGE, Stack, wait_for
+
+
+@pytest.fixture(scope="module")
+def images(test_image: None) -> Iterator[None]:
+    sku, failing = "0002_add_item_sku.py", "0003_fails_halfway.py"
+    derived_image("v1", "latest", "v1", files={})
+    derived_image("v2", "v1", "v2", files={sku: FIXTURES / sku})
+    derived_image("v3", "v2", "v3", files={})
+    derived_image(
+        "never-healthy", "v2", "never-healthy",
+        "USER root",
+        "RUN printf 'raise SystemExit(\"broken on purpose\")\\n' > /app/app/healthcheck.py",
+        "USER berth:berth",
+        files={},
+    )  # fmt: skip
+    derived_image("bad-migration", "v2", "bad-migration", files={failing: FIXTURES / failing})
+    yield
+    client = docker.from_env()
+    for tag in ("v1", "v2", "v3", "never-healthy", "bad-migration"):
+        client.images.remove(f"{TEST_IMAGE}:{tag}", force=True)
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory: Callable[..., Stack], images: None) -> Stack:
+    stack = stack_factory()
+    first = deploy_script(stack, "--tag", "v1")
+    assert first.returncode == 0, first.stderr
+    return stack
+
+
+def test_a_new_version_deploys_with_zero_failed_requests(stack: Stack) -> None:
+    assert serving(stack) == "v1"
+    old = app_ids(stack)
+    began = time.time()
+
+    deploy = under_load(stack, lambda: deploy_script(stack, "--tag", "v2"))
+
+    assert deploy.result.returncode == 0, deploy.result.stderr
+    assert deploy.load.failures() == []
+    seen = versions(deploy.load.outcomes)
+    assert seen[0] == "v1"
+    assert seen[-10:] == ["v2"] * 10  # traffic ends on the new version
+    assert app_ids(stack).isdisjoint(old)
+    # Traefik stopped routing to the old container before it got SIGTERM.
+    stopped_at = min(sigterm_times(stack, old, began))
+    last_old = max(o.started for o in deploy.load.outcomes if o.tag == "v1")
+    assert last_old < stopped_at
+    # The additive migration ran once, before the switch, and v1 kept working on it.
+    assert stack.psql("SELECT version_num FROM alembic_version") == "0002"
+    record("deploy: new version", deploy)
+
+
+def test_a_version_that_never_turns_healthy_is_abandoned(stack: Stack) -> None:
+    before = app_ids(stack)
+
+    deploy = under_load(stack, lambda: deploy_script(stack, "--tag", "never-healthy"))
+
+    assert deploy.result.returncode != 0
+    assert "never became healthy" in deploy.result.stderr
+    assert "broken on purpose" in deploy.result.stderr
+    assert deploy.load.failures() == []
+    assert set(versions(deploy.load.outcomes)) == {"v2"}
+    assert app_ids(stack) == before
+    assert len(stack.containers("app")) == len(before)  # the new ones were removed
+    assert serving(stack) == "v2"
+    record("deploy: never healthy", deploy)
+
+
+def test_a_failing_migration_changes_nothing(stack: Stack) -> None:
+    before = app_ids(stack)
+
+    deploy = under_load(stack, lambda: deploy_script(stack, "--tag", "bad-migration"))
+
+    assert deploy.result.returncode != 0
+    assert "berth: migration failed: revision 0003 raised DataError" in deploy.result.stderr
+    assert "nothing running was changed" in deploy.result.stderr
+    assert deploy.load.failures() == []
+    assert set(versions(deploy.load.outcomes)) == {"v2"}
+    assert app_ids(stack) == before
+    assert stack.psql("SELECT version_num FROM alembic_version") == "0002"
+    assert stack.psql("SELECT to_regclass('half_done') IS NULL") == "t"
+    record("deploy: failing migration", deploy)
+
+
+def test_rollback_returns_to_the_previous_version(stack: Stack) -> None:
+    old = app_ids(stack)
+    began = time.time()
+
+    deploy = under_load(stack, lambda: deploy_script(stack, "--rollback"))
+
+    assert deploy.result.returncode == 0, deploy.result.stderr
+    assert "rolling back to v1" in deploy.result.stderr
+    assert deploy.load.failures() == []
+    assert versions(deploy.load.outcomes)[-10:] == ["v1"] * 10
+    stopped_at = min(sigterm_times(stack, old, began))
+    assert max(o.started for o in deploy.load.outcomes if o.tag == "v2") < stopped_at
+    # The schema stays where it was: v1 runs on v2's expanded schema.
+    assert stack.psql("SELECT version_num FROM alembic_version") == "0002"
+    listed = deploy_script(stack, "--list").stdout.split("\n")
+    assert "* v1" in listed
+    record("deploy: rollback", deploy)
+
+
+def test_the_naive_redeploy_drops_requests(stack: Stack) -> None:
+    """For the record: `docker compose up -d` with a new image, under the same load."""
+
+    stack.set_env(APP_TAG="v3")
+
+    deploy = under_load(
+        stack,
+        lambda: stack.run("up", "--detach", check=False),
+        done=lambda: wait_for(lambda: serving(stack) == "v3", timeout=60, what="v3 to serve"),
+    )
+
+    assert deploy.result.returncode == 0, deploy.result.stderr
+    record("deploy: naive docker compose up -d", deploy)
+    assert deploy.load.failures(), "the naive redeploy was expected to drop requests"
