@@ -14,7 +14,10 @@ from app.db import Database
 from app.deadline import RequestDeadline
 from app.errors import install_error_handlers
 from app.logs import configure_logging
+from app.metrics import metrics, watch_pool
+from app.observability import RequestObserver
 from app.settings import ConfigError, Settings, load_settings
+from app.watchdog import enforce_memory_budget
 
 log = logging.getLogger("berth")
 
@@ -32,18 +35,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database.from_settings(settings)
         app.state.database = database
+        watch_pool(database.engine)
         if settings.development_defaults:
             log.warning(
                 "running with development-only defaults (POSTGRES_PASSWORD is the "
                 "built-in local password); set .env before exposing this to anyone"
             )
-        waiting = asyncio.create_task(database.wait_until_reachable())
+        background = [asyncio.create_task(database.wait_until_reachable())]
+        if settings.worker_max_rss_mb:
+            background.append(
+                asyncio.create_task(enforce_memory_budget(settings.worker_max_rss_mb))
+            )
         try:
             yield
         finally:
-            waiting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiting
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await database.dispose()
             log.info("lifespan shutdown complete: database connections closed")
 
@@ -55,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(items.router)
     app.include_router(version.router)
+    app.add_route("/metrics", metrics, include_in_schema=False)
     install_error_handlers(app)
     app.add_middleware(RequestDeadline, seconds=settings.request_timeout_seconds)
+    app.add_middleware(RequestObserver)  # outermost: it sees the deadline's 503s too
     return app

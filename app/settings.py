@@ -32,6 +32,9 @@ SECRET_FIELDS = ("postgres_password",)
 # an operator's psql.
 DEPLOY_OVERLAP = 2
 RESERVED_CONNECTIONS = 10
+# The app container's memory beyond its workers: uvicorn's supervisor, and headroom for a
+# worker's spike between two checks of its budget.
+APP_BASE_MEMORY_MB = 150
 
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$", re.IGNORECASE
@@ -96,6 +99,11 @@ class Settings(BaseSettings):
     # one ends waits that no database timeout can (see app/deadline.py).
     request_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
 
+    # A worker over this resident memory restarts gracefully (0: no limit). The container's
+    # limit, APP_MEMORY_LIMIT_MB, must leave room for every worker at its budget.
+    worker_max_rss_mb: int = Field(default=0, ge=0)
+    app_memory_limit_mb: int | None = Field(default=None, ge=64)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     app_version: str = "dev"
 
@@ -133,6 +141,18 @@ class Settings(BaseSettings):
                 f"({self.web_concurrency}) x {DEPLOY_OVERLAP} (deploy overlap) exceeds "
                 f"POSTGRES_MAX_CONNECTIONS ({self.postgres_max_connections}) minus "
                 f"{RESERVED_CONNECTIONS} reserved"
+            )
+        needed = self.web_concurrency * self.worker_max_rss_mb + APP_BASE_MEMORY_MB
+        if (
+            self.app_memory_limit_mb
+            and self.worker_max_rss_mb
+            and self.app_memory_limit_mb < needed
+        ):
+            raise ValueError(
+                f"APP_MEMORY_LIMIT_MB ({self.app_memory_limit_mb}) is below WEB_CONCURRENCY "
+                f"({self.web_concurrency}) x WORKER_MAX_RSS_MB ({self.worker_max_rss_mb}) + "
+                f"{APP_BASE_MEMORY_MB} = {needed}: workers would be OOM-killed mid-request "
+                "before their own budget restarts them gracefully"
             )
         if self.production:
             if self.postgres_password.get_secret_value() == DEV_POSTGRES_PASSWORD:

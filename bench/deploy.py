@@ -21,8 +21,8 @@ from typing import Any
 
 import docker
 
-from tests.stack.deploying import Deploy, deploy_script, derived_image, serving, under_load
-from tests.stack.harness import TEST_IMAGE, Stack, build_test_image, wait_for
+from tests.stack.deploying import Deploy, deploy_script, serving, under_load
+from tests.stack.harness import TEST_IMAGE, Stack, build_test_image, derived_image, wait_for
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,7 +43,7 @@ def run(rounds: int) -> dict[str, list[dict[str, Any]]]:
     build_test_image()
     tags = [f"bench-{number}" for number in range(2 * rounds + 1)]
     for tag in tags:
-        derived_image(tag, "latest", tag, files={})
+        derived_image(tag, "latest", tag)
     results: dict[str, list[dict[str, Any]]] = {"scripts/deploy": [], "docker compose up -d": []}
     with tempfile.TemporaryDirectory() as workdir:
         stack = Stack(workdir=Path(workdir))

@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
-import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import docker
 import httpx
 
 from tests.stack.faults import Load, Outcome, report, summary
-from tests.stack.harness import ROOT, TEST_IMAGE, Stack, wait_for
+from tests.stack.harness import ROOT, Stack, wait_for
 
 FIXTURES = ROOT / "tests" / "stack" / "fixtures"
-MIGRATIONS = "/app/migrations/versions"
-
-
-def derived_image(tag: str, base: str, version: str, *lines: str, files: dict[str, Path]) -> None:
-    """TEST_IMAGE:tag = TEST_IMAGE:base plus a few Dockerfile lines, with APP_VERSION set."""
-    dockerfile = "\n".join(
-        [f"FROM {TEST_IMAGE}:{base}", *lines, f"ENV APP_VERSION={version}"]
-        + [f"COPY {name} {MIGRATIONS}/{name}" for name in files]
-    )
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, data in {"Dockerfile": dockerfile.encode(),
-                           **{n: p.read_bytes() for n, p in files.items()}}.items():  # fmt: skip
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    context.seek(0)
-    docker.from_env().images.build(
-        fileobj=context, custom_context=True, tag=f"{TEST_IMAGE}:{tag}", rm=True
-    )
 
 
 @dataclass

@@ -87,6 +87,12 @@ class Load:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
+    def join(self) -> list[Outcome]:
+        """Wait until every client has sent max_requests (or max_seconds passed)."""
+        for thread in self._threads:
+            thread.join(timeout=self.max_seconds + self.timeout)
+        return self.outcomes
+
     def stop(self) -> list[Outcome]:
         self._stop.set()
         for thread in self._threads:

@@ -7,10 +7,12 @@ test's stack. `down -v` runs however the test ends (Ryuk is off here).
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import socket
 import subprocess
+import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -103,7 +105,23 @@ class Stack:
         self, *services: str, wait: bool = True, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         args = ["up", "--detach", *(["--wait"] if wait else []), *services]
-        return self.run(*args, check=check, timeout=300)
+        result = self.run(*args, check=check, timeout=300)
+        if wait and not services and result.returncode == 0:
+            self.wait_routed()
+        return result
+
+    def wait_routed(self) -> None:
+        """Right after `up --wait`, Traefik may still answer 404 for about a second while it
+        processes Docker's events; wait until it routes to the app."""
+        with self.client(timeout=5) as client:
+
+            def routed() -> bool:
+                try:
+                    return client.get("/health/live").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(routed, timeout=30, interval=0.1, what="Traefik to route to the app")
 
     def down(self) -> None:
         self.run(
@@ -192,6 +210,31 @@ class Stack:
         for event in events:
             if event.get("id") in ids:
                 yield event["timeNano"] / 1e9, event["status"].split(":", 1)[1].strip()
+
+
+def derived_image(
+    tag: str, base: str, version: str, *lines: str, files: dict[str, Path] | None = None
+) -> None:
+    """TEST_IMAGE:tag = TEST_IMAGE:base plus a few Dockerfile lines, APP_VERSION set, and
+    `files` (name: source) copied into the image at their names' paths under /app."""
+    files = files or {}
+    dockerfile = "\n".join(
+        [f"FROM {TEST_IMAGE}:{base}", *lines, f"ENV APP_VERSION={version}"]
+        + [f"COPY {name} /app/{name}" for name in files]
+    )
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        contents = {"Dockerfile": dockerfile.encode()}
+        contents |= {name: source.read_bytes() for name, source in files.items()}
+        for name, data in contents.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    docker.from_env().images.build(
+        fileobj=context, custom_context=True, tag=f"{TEST_IMAGE}:{tag}", rm=True
+    )
 
 
 def build_test_image() -> None:

@@ -13,30 +13,31 @@ from tests.stack.deploying import (
     FIXTURES,
     app_ids,
     deploy_script,
-    derived_image,
     record,
     serving,
     sigterm_times,
     under_load,
     versions,
 )
-from tests.stack.harness import TEST_IMAGE, Stack, wait_for
+from tests.stack.harness import TEST_IMAGE, Stack, derived_image, wait_for
 
 
 @pytest.fixture(scope="module")
 def images(test_image: None) -> Iterator[None]:
     sku, failing = "0002_add_item_sku.py", "0003_fails_halfway.py"
-    derived_image("v1", "latest", "v1", files={})
-    derived_image("v2", "v1", "v2", files={sku: FIXTURES / sku})
-    derived_image("v3", "v2", "v3", files={})
+    versions = "migrations/versions"
+    derived_image("v1", "latest", "v1")
+    derived_image("v2", "v1", "v2", files={f"{versions}/{sku}": FIXTURES / sku})
+    derived_image("v3", "v2", "v3")
     derived_image(
         "never-healthy", "v2", "never-healthy",
         "USER root",
         "RUN printf 'raise SystemExit(\"broken on purpose\")\\n' > /app/app/healthcheck.py",
         "USER berth:berth",
-        files={},
     )  # fmt: skip
-    derived_image("bad-migration", "v2", "bad-migration", files={failing: FIXTURES / failing})
+    derived_image(
+        "bad-migration", "v2", "bad-migration", files={f"{versions}/{failing}": FIXTURES / failing}
+    )
     yield
     client = docker.from_env()
     for tag in ("v1", "v2", "v3", "never-healthy", "bad-migration"):

@@ -1,0 +1,143 @@
+"""Metrics added up across workers, a request id in each response and log line, and
+rotated logs for every service."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.stack.faults import Load, get_items, worker_pids
+from tests.stack.harness import Stack, wait_for
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory: Callable[..., Stack]) -> Stack:
+    stack = stack_factory(WEB_CONCURRENCY=str(WORKERS))
+    stack.up()
+    wait_for(lambda: len(worker_pids(stack)) == WORKERS, timeout=30)
+    return stack
+
+
+def scrape(stack: Stack, url: str = "http://127.0.0.1:8000/metrics") -> str:
+    code = f"import urllib.request; print(urllib.request.urlopen({url!r}).read().decode())"
+    return stack.run("exec", "-T", "app", "python", "-c", code).stdout
+
+
+def counter(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def app_log_lines(stack: Stack) -> list[dict[str, Any]]:
+    lines = []
+    for line in stack.logs("app").splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines
+
+
+def test_metrics_add_up_across_workers(stack: Stack) -> None:
+    before = counter(scrape(stack), "berth_http_requests_total", route="/api/items")
+    # Concurrent clients make Traefik open several connections to the app, which the
+    # kernel hands to whichever worker accepts first: the requests spread over both.
+    with Load(stack, request=get_items, clients=8, max_requests=40) as load:
+        load.join()
+    requests = len(load.outcomes)
+    assert requests == 8 * 40
+    assert load.failures() == []
+    files = stack.run("exec", "-T", "app", "ls", "/tmp/metrics").stdout.split()
+    pids_with_counters = {name.rsplit("_", 1)[1] for name in files if name.startswith("counter_")}
+    assert len(pids_with_counters) >= WORKERS  # both workers counted requests
+    # Each scrape is answered by whichever worker accepts it; every one sees the sum.
+    for _ in range(6):
+        text = scrape(stack)
+        total = counter(text, "berth_http_requests_total", route="/api/items")
+        assert total - before == requests
+    assert "berth_http_request_duration_seconds_bucket" in text
+    assert "berth_db_pool_connections_in_use" in text
+    assert "berth_http_requests_in_flight" in text
+
+
+def test_metrics_are_not_routed_publicly(stack: Stack) -> None:
+    with stack.client() as client:
+        assert client.get("/metrics").status_code == 404
+        assert client.get("/metrics/").status_code == 404
+
+
+def test_traefik_metrics_are_internal(stack: Stack) -> None:
+    text = scrape(stack, "http://traefik:8082/metrics")
+    assert "traefik_entrypoint_requests_total" in text
+    published = stack.container("traefik").attrs["NetworkSettings"]["Ports"]
+    assert "8082/tcp" not in published or not published["8082/tcp"]
+
+
+def test_request_id_is_returned_and_logged(stack: Stack) -> None:
+    sent = f"test-{uuid.uuid4().hex}"
+    with stack.client() as client:
+        echoed = client.get("/api/items", headers={"X-Request-ID": sent})
+        generated = client.get("/api/items?limit=2")
+        hostile = client.get("/api/items", headers={"X-Request-ID": 'a b" forged="1'})
+    assert echoed.headers["x-request-id"] == sent
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
+    assert re.fullmatch(r"[0-9a-f]{32}", hostile.headers["x-request-id"])
+
+    def line_for(request_id: str) -> dict[str, Any] | None:
+        return next((e for e in app_log_lines(stack) if e.get("request_id") == request_id), None)
+
+    line = wait_for(lambda: line_for(sent), timeout=10, what="the log line")
+    assert line["method"] == "GET"
+    assert line["path"] == "/api/items"
+    assert line["status"] == 200
+    assert line["duration_ms"] > 0
+    assert line["level"] == "INFO"
+    assert line_for(generated.headers["x-request-id"]) is not None
+
+
+def test_logged_client_is_the_real_one(stack: Stack) -> None:
+    sent = f"client-{uuid.uuid4().hex}"
+    with stack.client() as client:
+        client.get("/api/items", headers={"X-Request-ID": sent, "X-Forwarded-For": "203.0.113.9"})
+    traefik_ip = stack.container("traefik").attrs["NetworkSettings"]["Networks"][
+        f"{stack.project}_proxy"
+    ]["IPAddress"]
+    line = wait_for(
+        lambda: next((e for e in app_log_lines(stack) if e.get("request_id") == sent), None),
+        timeout=10,
+    )
+    assert line["client"] not in (traefik_ip, "203.0.113.9")
+    proxy_seen = [json.loads(entry) for entry in stack.logs("traefik").splitlines()
+                  if '"RequestPath":"/api/items"' in entry]  # fmt: skip
+    assert any(entry["ClientHost"] == line["client"] for entry in proxy_seen)
+
+
+def test_every_service_rotates_its_logs(stack: Stack) -> None:
+    for service in ("traefik", "db", "migrate", "app", "backup", "preflight"):
+        config = stack.container(service).attrs["HostConfig"]["LogConfig"]
+        assert config["Type"] == "json-file", service
+        assert config["Config"] == {"max-size": "10m", "max-file": "5"}, service
+
+
+def test_every_answer_is_json_logged_even_errors(stack: Stack) -> None:
+    with stack.client() as client:
+        response = client.get("/api/items/not-a-number")
+    assert response.status_code == 422
+    request_id = response.headers["x-request-id"]
+    line = wait_for(
+        lambda: next((e for e in app_log_lines(stack) if e.get("request_id") == request_id), None),
+        timeout=10,
+    )
+    assert line["status"] == 422
+    non_json = [raw for raw in stack.logs("app").splitlines() if raw and not raw.startswith("{")]
+    assert non_json == []
