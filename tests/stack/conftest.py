@@ -30,8 +30,16 @@ def stack_factory(
     made: list[Stack] = []
     workdir = tmp_path_factory.mktemp("stacks")
 
-    def make(*overrides: str, **env: str) -> Stack:
-        stack = Stack(workdir=Path(workdir), overrides=overrides, env=env)
+    def make(
+        *overrides: str,
+        files: tuple[str, ...] = ("compose.yaml",),
+        root: Path | None = None,
+        **env: str,
+    ) -> Stack:
+        stack = Stack(
+            workdir=Path(workdir), overrides=overrides, env=env, files=files,
+            root=root or Stack.root,
+        )  # fmt: skip
         made.append(stack)
         return stack
 

@@ -63,6 +63,9 @@ def wait_for(
 class Stack:
     workdir: Path
     overrides: Sequence[str] = ()
+    # The project's own overlays (compose.dev.yaml, compose.demo.yaml), and where it is.
+    files: Sequence[str] = ("compose.yaml",)
+    root: Path = ROOT
     env: dict[str, str] = field(default_factory=dict)
     project: str = field(default_factory=lambda: f"berth-t{uuid.uuid4().hex[:8]}")
 
@@ -84,9 +87,9 @@ class Stack:
         self.settings = settings
         self.env_file = self.workdir / f"{self.project}.env"
         self._write_env()
-        files = ["compose.yaml", *(str(OVERRIDES / name) for name in self.overrides)]
+        files = [*self.files, *(str(OVERRIDES / name) for name in self.overrides)]
         self.compose = DockerCompose(
-            ROOT, compose_file_name=files, env_file=str(self.env_file), wait=True
+            self.root, compose_file_name=files, env_file=str(self.env_file), wait=True
         )
         self.docker = docker.from_env()
 
@@ -135,7 +138,7 @@ class Stack:
         """Any `docker compose` command against this stack."""
         result = subprocess.run(
             [*self.compose.compose_command_property, *args],
-            cwd=ROOT,
+            cwd=self.root,
             capture_output=True,
             text=True,
             timeout=timeout,
