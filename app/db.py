@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import logging
+import select
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, cast
 
 import psycopg
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from fastapi import Depends, Request
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -27,24 +27,39 @@ from app.settings import Settings
 
 log = logging.getLogger("berth.db")
 
-ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations" / "versions"
 # Readiness must answer well inside the healthcheck's own timeout.
 READINESS_TIMEOUT_SECONDS = 2.0
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         # The URL picks the dialect; connections come from the creator below.
         settings.database_url,
         async_creator=connector(settings),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
-        # A connection can die under us (db restart, failover); pre-ping replaces it
-        # instead of failing the request that drew it.
-        pool_pre_ping=True,
         pool_recycle=1800,
     )
+    # A pooled connection can die under us (a db restart, failover). Instead of
+    # pool_pre_ping's round trip on every checkout, look at the socket: see drop_if_closed.
+    event.listen(engine.sync_engine.pool, "checkout", drop_if_closed)
+    return engine
+
+
+def drop_if_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """An idle connection has nothing to read, so a readable socket means the server has
+    closed it (Postgres says goodbye before a restart or shutdown). The pool then retries
+    with a fresh connection: the request never sees the dead one. A vanished host that sent
+    nothing is caught by the statement failing instead, like with pre-ping."""
+    raw = dbapi_connection.driver_connection
+    try:
+        readable, _, _ = select.select([raw.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.OperationalError):
+        readable = [True]  # no usable socket at all
+    if readable:
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 def connector(settings: Settings) -> Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]:
@@ -82,13 +97,32 @@ def connector(settings: Settings) -> Callable[[], Awaitable[psycopg.AsyncConnect
     return connect
 
 
-def migration_heads(ini_path: Path = ALEMBIC_INI) -> frozenset[str]:
-    return frozenset(ScriptDirectory.from_config(Config(str(ini_path))).get_heads())
+def read_revisions(directory: Path = MIGRATIONS) -> tuple[frozenset[str], frozenset[str]]:
+    """(heads, every revision) of the migration scripts, read from their `revision` and
+    `down_revision` assignments. Importing Alembic for this would cost each worker 6 MB;
+    tests/unit/test_migrations.py checks the answer against Alembic's own."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in directory.glob("*.py"):
+        values = _assignments(script, ("revision", "down_revision"))
+        if isinstance(values.get("revision"), str):
+            revisions.add(values["revision"])
+            down = values.get("down_revision")
+            parents.update([down] if isinstance(down, str) else down or ())
+    return frozenset(revisions - parents), frozenset(revisions)
 
 
-def known_revisions(ini_path: Path = ALEMBIC_INI) -> frozenset[str]:
-    script = ScriptDirectory.from_config(Config(str(ini_path)))
-    return frozenset(rev.revision for rev in script.walk_revisions())
+def _assignments(script: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for node in ast.parse(script.read_text()).body:
+        target, value = None, None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        if isinstance(target, ast.Name) and target.id in names and value is not None:
+            found[target.id] = ast.literal_eval(value)
+    return found
 
 
 @dataclass(frozen=True)
@@ -108,11 +142,12 @@ class Database:
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         engine = create_engine(settings)
+        heads, revisions = read_revisions()
         return cls(
             engine=engine,
             sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
-            heads=migration_heads(),
-            revisions=known_revisions(),
+            heads=heads,
+            revisions=revisions,
         )
 
     async def readiness(self) -> Readiness:

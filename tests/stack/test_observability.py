@@ -107,8 +107,10 @@ def test_request_id_is_returned_and_logged(stack: Stack) -> None:
 
 def test_logged_client_is_the_real_one(stack: Stack) -> None:
     sent = f"client-{uuid.uuid4().hex}"
+    missing = f"/api/items/{uuid.uuid4().int % 10**12 + 10**12}"
     with stack.client() as client:
-        client.get("/api/items", headers={"X-Request-ID": sent, "X-Forwarded-For": "203.0.113.9"})
+        # A 404: Traefik's access log keeps errors (not every request), so both sides log it.
+        client.get(missing, headers={"X-Request-ID": sent, "X-Forwarded-For": "203.0.113.9"})
     traefik_ip = stack.container("traefik").attrs["NetworkSettings"]["Networks"][
         f"{stack.project}_proxy"
     ]["IPAddress"]
@@ -117,15 +119,19 @@ def test_logged_client_is_the_real_one(stack: Stack) -> None:
         timeout=10,
     )
     assert line["client"] not in (traefik_ip, "203.0.113.9")
-    proxy_seen = [json.loads(entry) for entry in stack.logs("traefik").splitlines()
-                  if '"RequestPath":"/api/items"' in entry]  # fmt: skip
-    assert any(entry["ClientHost"] == line["client"] for entry in proxy_seen)
+    proxy_seen = wait_for(
+        lambda: [json.loads(entry) for entry in stack.logs("traefik").splitlines()
+                 if f'"RequestPath":"{missing}"' in entry],
+        timeout=10, what="Traefik's access log line",
+    )  # fmt: skip
+    assert proxy_seen[0]["ClientHost"] == line["client"]
+    assert proxy_seen[0]["DownstreamStatus"] == 404
 
 
 def test_every_service_rotates_its_logs(stack: Stack) -> None:
     for service in ("traefik", "db", "migrate", "app", "backup", "preflight"):
         config = stack.container(service).attrs["HostConfig"]["LogConfig"]
-        assert config["Type"] == "json-file", service
+        assert config["Type"] == "local", service
         assert config["Config"] == {"max-size": "10m", "max-file": "5"}, service
 
 

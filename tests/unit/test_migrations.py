@@ -10,8 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from testcontainers.community.postgres import PostgresContainer
 
+from app.db import read_revisions
 from app.settings import Settings
 from tests.unit.conftest import PASSWORD, ROOT, admin_connection, alembic_config, settings_for
 
@@ -68,6 +71,32 @@ def tables(postgres: PostgresContainer, database: str) -> set[str]:
 def versions(postgres: PostgresContainer, database: str) -> list[str]:
     with admin_connection(postgres, database) as connection:
         return [row[0] for row in connection.execute("SELECT version_num FROM alembic_version")]
+
+
+def test_revisions_read_without_alembic_match_alembic(tmp_path: Path) -> None:
+    """The app reads migration heads from the scripts' assignments (app.db.read_revisions);
+    Alembic must agree, also with a second head, a merge and a branch point."""
+    shutil.copytree(ROOT / "migrations", tmp_path / "migrations")
+    versions = tmp_path / "migrations" / "versions"
+    template = 'revision: str = {rev!r}\ndown_revision = {down!r}\n' + \
+        "def upgrade() -> None: ...\ndef downgrade() -> None: ...\n"  # fmt: skip
+    for rev, down in (
+        ("a2", "0001"),
+        ("b2", "0001"),
+        ("m3", ("a2", "b2")),
+        ("c4", "m3"),
+        ("d4", "m3"),
+    ):
+        (versions / f"{rev}.py").write_text(template.format(rev=rev, down=down))
+    ini = tmp_path / "alembic.ini"
+    shutil.copy(ROOT / "alembic.ini", ini)
+    script = ScriptDirectory.from_config(Config(str(ini)))
+
+    heads, revisions = read_revisions(versions)
+
+    assert heads == set(script.get_heads()) == {"c4", "d4"}
+    assert revisions == {rev.revision for rev in script.walk_revisions()}
+    assert read_revisions() == (frozenset({"0001"}), frozenset({"0001"}))
 
 
 def test_models_and_migrations_agree(settings: Settings) -> None:

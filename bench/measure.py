@@ -1,0 +1,137 @@
+"""Everything but throughput: start-up, the image, memory, Postgres connections, and a
+stop under load."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+
+from tests.stack.faults import Load, get_items, summary, worker_pids
+from tests.stack.harness import ROOT, Stack, wait_for
+
+NOT_IN_A_CHECKOUT = shutil.ignore_patterns(
+    ".git", ".venv", "__pycache__", ".*_cache", "test-output", ".berth", ".env", "results"
+)
+
+
+def timed(action: Any) -> float:
+    started = time.monotonic()
+    action()
+    return round(time.monotonic() - started, 2)
+
+
+def startup(stack: Stack) -> dict[str, float]:
+    """On a stack of compose.yaml alone (no demo seeding in the way)."""
+    empty = timed(lambda: stack.run("up", "--detach", "--wait", timeout=300))
+    stack.run("stop")
+    warm = timed(lambda: stack.run("up", "--detach", "--wait", timeout=300))
+    stack.run("stop")
+    first_200: dict[str, float] = {}
+
+    def poll(began: float) -> None:
+        with stack.client(timeout=2) as client:
+            while time.monotonic() - began < 120:
+                try:
+                    if client.get("/api/items").status_code == 200:
+                        first_200["seconds"] = round(time.monotonic() - began, 2)
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+
+    began = time.monotonic()
+    poller = threading.Thread(target=poll, args=(began,))
+    poller.start()
+    stack.run("up", "--detach", timeout=300)
+    poller.join()
+    return {
+        "up_wait_empty_volume_s": empty,
+        "up_wait_volumes_present_s": warm,
+        "up_to_first_https_200_s": first_200.get("seconds", float("nan")),
+    }
+
+
+def image(app_image: str, python_image: str, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    client = docker.from_env()
+    size = client.images.get(app_image).attrs["Size"]
+    base = client.images.get(python_image).attrs["Size"]
+    copy = workdir / "checkout"
+    shutil.copytree(ROOT, copy, ignore=NOT_IN_A_CHECKOUT)
+    build = ["docker", "compose", "--env-file", "/dev/null", "build", "--quiet", "app"]
+    image_env = {**env, "APP_IMAGE": "berth-bench-rebuild", "APP_TAG": "latest"}
+
+    def rebuild() -> float:
+        return timed(lambda: subprocess.run(build, cwd=copy, env=image_env, check=True))
+
+    rebuild()  # warm the build cache for this copy
+    version = copy / "app" / "api" / "version.py"
+    version.write_text(version.read_text() + "\n# a one-line change\n")
+    code_change = rebuild()
+    pyproject = copy / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text().replace('"httptools>=0.6",', '"httptools>=0.6",\n    "six>=1.16",')
+    )
+    subprocess.run(["uv", "lock", "--quiet"], cwd=copy, check=True, timeout=300)
+    dependency_change = rebuild()
+    client.images.remove("berth-bench-rebuild:latest", force=True)
+    return {
+        "app_image_mb": round(size / 1e6, 1),
+        "python_image_mb": round(base / 1e6, 1),
+        "added_over_python_image_mb": round((size - base) / 1e6, 1),
+        "rebuild_after_code_change_s": code_change,
+        "rebuild_after_dependency_change_s": dependency_change,
+    }
+
+
+def worker_rss_mb(stack: Stack) -> list[float]:
+    rss = []
+    for pid in sorted(worker_pids(stack)):
+        with open(f"/proc/{pid}/status") as status:
+            kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        rss.append(round(kb / 1024, 1))
+    return rss
+
+
+class ConnectionSampler:
+    """The most connections the app held in Postgres while it was running."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.peak = {"open": 0, "active": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        query = (
+            "SELECT count(*), count(*) FILTER (WHERE state = 'active') "
+            "FROM pg_stat_activity WHERE application_name = 'berth-app'"
+        )
+        while not self._stop.wait(0.5):
+            opened, active = (int(v) for v in self.stack.psql(query).split("|"))
+            self.peak["open"] = max(self.peak["open"], opened)
+            self.peak["active"] = max(self.peak["active"], active)
+
+
+def stop_under_load(stack: Stack) -> dict[str, Any]:
+    with Load(stack, request=get_items, clients=4, max_seconds=60) as load:
+        time.sleep(3)
+        seconds = timed(lambda: stack.run("stop", "app", timeout=120))
+        time.sleep(2)
+    stack.run("start", "app")
+    wait_for(lambda: stack.state("app").get("Health", {}).get("Status") == "healthy", timeout=60)
+    return {"stop_seconds": seconds, **summary(load)}

@@ -1,0 +1,336 @@
+"""Turns a benchmark run into bench/results/<stamp>.json, <stamp>.md and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+ENDPOINTS = {
+    "live": "GET /health/live",
+    "read": "GET /api/items?limit=20",
+    "write": "POST /api/items",
+}
+TUNING_LOG = Path(__file__).parent / "tuning.md"
+PLOTS = ("throughput", "latency", "scaling")
+
+
+def find(runs: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    return next((r for r in runs if all(r[k] == v for k, v in match.items())), None)
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each target of the benchmark issue."""
+    runs = results["runs"]
+    rows = []
+    for workers in results["workers"]:
+        proxied = find(runs, target="traefik", endpoint="read", workers=workers, concurrency=64)
+        direct = find(runs, target="direct", endpoint="read", workers=workers, concurrency=64)
+        if proxied and direct:
+            ratio = proxied["rps"] / direct["rps"]
+            rows.append(
+                (
+                    f"DB read, c64, {workers} worker(s): Traefik+TLS >= 0.75x direct",
+                    f"{ratio:.2f}x ({proxied['rps']:.0f} vs {direct['rps']:.0f} req/s)",
+                    ratio >= 0.75,
+                )
+            )
+        live = find(runs, target="traefik", endpoint="live", workers=workers, concurrency=64)
+        raw = find(runs, target="raw", endpoint="live", workers=workers, concurrency=64)
+        raw_proxied = find(runs, target="raw-traefik", endpoint="live", workers=workers,
+                           concurrency=64)  # fmt: skip
+        if raw and raw_proxied:
+            rows.append((f"(context) Traefik+TLS in front of the raw app, {workers} worker(s): "
+                         "the proxy's own ceiling", f"{raw_proxied['rps'] / raw['rps']:.2f}x "
+                         f"({raw_proxied['rps']:.0f} req/s)", raw_proxied["rps"] > 0))  # fmt: skip
+        if live and raw:
+            ratio = live["rps"] / raw["rps"]
+            rows.append(
+                (
+                    f"/health/live, c64, {workers} worker(s): whole stack >= 0.5x raw ASGI",
+                    f"{ratio:.2f}x ({live['rps']:.0f} vs {raw['rps']:.0f} req/s)",
+                    ratio >= 0.5,
+                )
+            )
+        read16 = find(runs, target="traefik", endpoint="read", workers=workers, concurrency=16)
+        if read16:
+            ratio = read16["p99_ms"] / read16["p50_ms"]
+            rows.append(
+                (
+                    f"DB read, c16, {workers} worker(s): p99 <= 3x p50",
+                    f"{ratio:.2f}x ({read16['p99_ms']:.1f} / {read16['p50_ms']:.1f} ms)",
+                    ratio <= 3,
+                )
+            )
+    errors = sum(r["errors"] for r in runs)
+    rows.append(
+        ("Zero errors in every load run", f"{errors} errors in {len(runs)} runs", errors == 0)
+    )
+    image = results.get("image", {})
+    if image:
+        rows.append(
+            (
+                "One-line code change rebuilds in <= 10 s",
+                f"{image['rebuild_after_code_change_s']:.1f} s",
+                image["rebuild_after_code_change_s"] <= 10,
+            )
+        )
+        rows.append(
+            (
+                "App image adds <= 150 MB over $PYTHON_IMAGE",
+                f"{image['added_over_python_image_mb']:.0f} MB",
+                image["added_over_python_image_mb"] <= 150,
+            )
+        )
+    idle = [
+        mb
+        for per_setting in results.get("memory", {}).values()
+        for mb in per_setting["idle_rss_mb"]
+    ]
+    if idle:
+        rows.append(("Idle RSS per worker <= 90 MB", f"{max(idle):.1f} MB (max)", max(idle) <= 90))
+    return rows
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(cell) for cell in row) + " |" for row in rows
+    ]
+
+
+def markdown(results: dict[str, Any], stamp: str) -> str:
+    runs, meta = results["runs"], results["meta"]
+    lines = [
+        f"# Berth benchmark, {stamp}",
+        "",
+        f"{meta['cpus']} CPUs, {meta['memory_gb']} GB, Docker {meta['docker']}, "
+        f"commit {meta['commit']}. Each load run: {meta['seconds']} s of wrk after a warm-up; "
+        "load generator and stack share the machine, so read the ratios more than the "
+        "absolute numbers. `uv run python -m bench` reproduces it.",
+        "",
+        "## Targets",
+        "",
+        *table(
+            ["target", "measured", "met"],
+            [[t, m, "yes" if ok else "**no**"] for t, m, ok in targets(results)],
+        ),
+        "",
+        "## Throughput and latency",
+        "",
+        "Through Traefik over HTTPS with keep-alive, and straight to the app container "
+        "(no proxy, no TLS). Ratio = through Traefik / direct.",
+        "",
+    ]
+    rows = []
+    for workers in results["workers"]:
+        for endpoint in ENDPOINTS:
+            for concurrency in results["concurrency"]:
+                proxied = find(
+                    runs,
+                    target="traefik",
+                    endpoint=endpoint,
+                    workers=workers,
+                    concurrency=concurrency,
+                )
+                direct = find(
+                    runs,
+                    target="direct",
+                    endpoint=endpoint,
+                    workers=workers,
+                    concurrency=concurrency,
+                )
+                if not (proxied and direct):
+                    continue
+                rows.append(
+                    [
+                        workers,
+                        ENDPOINTS[endpoint],
+                        concurrency,
+                        f"{proxied['rps']:.0f}",
+                        f"{proxied['p50_ms']:.1f}",
+                        f"{proxied['p99_ms']:.1f}",
+                        f"{direct['rps']:.0f}",
+                        f"{direct['p50_ms']:.1f}",
+                        f"{direct['p99_ms']:.1f}",
+                        f"{proxied['rps'] / direct['rps']:.2f}",
+                        proxied["errors"] + direct["errors"],
+                    ]
+                )
+    lines += table(
+        [
+            "workers",
+            "request",
+            "clients",
+            "Traefik req/s",
+            "p50 ms",
+            "p99 ms",
+            "direct req/s",
+            "p50 ms",
+            "p99 ms",
+            "ratio",
+            "errors",
+        ],
+        rows,
+    )
+    lines += ["", "Raw ASGI baseline (same uvicorn, workers and container limits):", ""]
+    lines += table(
+        ["workers", "clients", "req/s", "p50 ms", "p99 ms", "errors"],
+        [
+            [
+                r["workers"],
+                r["concurrency"],
+                f"{r['rps']:.0f}",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                r["errors"],
+            ]
+            for r in runs
+            if r["target"] == "raw"
+        ],
+    )
+    lines += ["", *(f"![{plot}]({stamp}-{plot}.png)" for plot in PLOTS), ""]
+    for title, key in (("Start-up", "startup"), ("Image", "image")):
+        if results.get(key):
+            lines += [f"## {title}", ""]
+            lines += table(["measure", "value"], [[k, v] for k, v in results[key].items()])
+            lines += [""]
+    lines += ["", "## Memory and connections", ""]
+    lines += table(
+        [
+            "workers",
+            "idle RSS per worker, MB",
+            "RSS after load, MB",
+            "Postgres connections open (peak)",
+            "active (peak)",
+        ],
+        [
+            [
+                w,
+                m["idle_rss_mb"],
+                m["after_load_rss_mb"],
+                m["connections_peak"]["open"],
+                m["connections_peak"]["active"],
+            ]
+            for w, m in results["memory"].items()
+        ],
+    )
+    stop = results.get("stop") or {
+        "stop_seconds": "-",
+        "failed": "-",
+        "requests": "-",
+        "statuses": {},
+    }
+    statuses = ", ".join(f"{k}: {v}" for k, v in stop["statuses"].items())
+    lines += [
+        "",
+        "## Stop under load",
+        "",
+        f"`docker compose stop app` with 4 clients through Traefik: {stop['stop_seconds']} s,"
+        f" {stop['failed']} of {stop['requests']} requests failed ({statuses}). Traefik keeps"
+        " routing to a stopping container, which is why `scripts/deploy` drains first.",
+        "",
+        "## Commands",
+        "",
+        "```",
+        *sorted({r["command"] for r in runs}),
+        "```",
+        "",
+    ]
+    if TUNING_LOG.exists():
+        lines += ["## Tuning log", "", TUNING_LOG.read_text().strip(), ""]
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, Any], directory: Path, stamp: str) -> None:
+    runs, levels = results["runs"], results["concurrency"]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for axis, endpoint in zip(axes, ENDPOINTS, strict=True):
+        for target in ("traefik", "direct", "raw", "raw-traefik"):
+            for workers in results["workers"]:
+                points = [
+                    find(runs, target=target, endpoint=endpoint, workers=workers, concurrency=c)
+                    for c in levels
+                ]
+                if all(points):
+                    axis.plot(
+                        levels,
+                        [p["rps"] for p in points if p],
+                        marker="o",
+                        label=f"{target}, {workers} worker(s)",
+                    )
+        axis.set(
+            title=ENDPOINTS[endpoint], xlabel="concurrent clients", ylabel="req/s", xscale="log"
+        )
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(directory / f"{stamp}-throughput.png", dpi=100)
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    workers = max(results["workers"])
+    for axis, endpoint in zip(axes, ENDPOINTS, strict=True):
+        for target in ("traefik", "direct"):
+            points = [
+                find(runs, target=target, endpoint=endpoint, workers=workers, concurrency=c)
+                for c in levels
+            ]
+            if all(points):
+                axis.plot(
+                    levels, [p["p50_ms"] for p in points if p], marker="o", label=f"{target} p50"
+                )
+                axis.plot(
+                    levels,
+                    [p["p99_ms"] for p in points if p],
+                    marker="x",
+                    linestyle="--",
+                    label=f"{target} p99",
+                )
+        axis.set(
+            title=f"{ENDPOINTS[endpoint]}, {workers} workers",
+            xlabel="concurrent clients",
+            ylabel="latency, ms",
+            xscale="log",
+            yscale="log",
+        )
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(directory / f"{stamp}-latency.png", dpi=100)
+
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    top = max(levels)
+    for endpoint in ENDPOINTS:
+        for target in ("traefik", "direct"):
+            points = [
+                find(runs, target=target, endpoint=endpoint, workers=w, concurrency=top)
+                for w in results["workers"]
+            ]
+            if all(points):
+                axis.plot(
+                    results["workers"],
+                    [p["rps"] for p in points if p],
+                    marker="o",
+                    label=f"{ENDPOINTS[endpoint]}, {target}",
+                )
+    axis.set(
+        title=f"Scaling with WEB_CONCURRENCY ({top} clients)",
+        xlabel="uvicorn workers",
+        ylabel="req/s",
+        xticks=results["workers"],
+    )
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(directory / f"{stamp}-scaling.png", dpi=100)
+    plt.close("all")
+
+
+def write(results: dict[str, Any], directory: Path, stamp: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    plots(results, directory, stamp)
+    summary = directory / f"{stamp}.md"
+    summary.write_text(markdown(results, stamp))
+    return summary
