@@ -122,8 +122,9 @@ def markdown(results: dict[str, Any], stamp: str) -> str:
         "",
         "## Throughput and latency",
         "",
-        "Through Traefik over HTTPS with keep-alive, and straight to the app container "
-        "(no proxy, no TLS). Ratio = through Traefik / direct.",
+        "Through Traefik over HTTPS with keep-alive, and straight to the app's port "
+        "(published on 127.0.0.1 like Traefik's, so both cross Docker's port proxy; no "
+        "Traefik, no TLS). Ratio = through Traefik / direct.",
         "",
     ]
     rows = []
@@ -177,11 +178,17 @@ def markdown(results: dict[str, Any], stamp: str) -> str:
         ],
         rows,
     )
-    lines += ["", "Raw ASGI baseline (same uvicorn, workers and container limits):", ""]
+    lines += [
+        "",
+        "Raw ASGI baseline (bench/rawapp.py: same uvicorn, workers and container limits), "
+        "straight (`raw`) and through the same Traefik with TLS (`raw-traefik`):",
+        "",
+    ]
     lines += table(
-        ["workers", "clients", "req/s", "p50 ms", "p99 ms", "errors"],
+        ["path", "workers", "clients", "req/s", "p50 ms", "p99 ms", "errors"],
         [
             [
+                r["target"],
                 r["workers"],
                 r["concurrency"],
                 f"{r['rps']:.0f}",
@@ -190,7 +197,7 @@ def markdown(results: dict[str, Any], stamp: str) -> str:
                 r["errors"],
             ]
             for r in runs
-            if r["target"] == "raw"
+            if r["target"].startswith("raw")
         ],
     )
     lines += ["", *(f"![{plot}]({stamp}-{plot}.png)" for plot in PLOTS), ""]
@@ -211,8 +218,8 @@ def markdown(results: dict[str, Any], stamp: str) -> str:
         [
             [
                 w,
-                m["idle_rss_mb"],
-                m["after_load_rss_mb"],
+                ", ".join(str(mb) for mb in m["idle_rss_mb"]),
+                ", ".join(str(mb) for mb in m["after_load_rss_mb"]),
                 m["connections_peak"]["open"],
                 m["connections_peak"]["active"],
             ]

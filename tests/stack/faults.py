@@ -137,8 +137,9 @@ def host_pid(stack: Stack, service: str) -> int:
 
 
 def worker_pids(stack: Stack) -> set[int]:
-    """Host pids of the uvicorn workers in the app container: the children of its main
-    process that multiprocessing spawned."""
+    """Host pids of the processes serving requests in the app container: the children its
+    main process spawned, or the main process itself when uvicorn runs one worker (it
+    spawns none then)."""
     container = stack.container("app")
     top = container.top(ps_args="-eo pid,ppid,args")
     columns = top["Titles"]
@@ -148,7 +149,7 @@ def worker_pids(stack: Stack) -> set[int]:
         process = dict(zip(columns, row, strict=True))
         if int(process["PPID"]) == main and "spawn_main" in process["COMMAND"]:
             pids.add(int(process["PID"]))
-    return pids
+    return pids or {main}
 
 
 def kill_from_host(pid: int) -> None:
