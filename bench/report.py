@@ -273,7 +273,8 @@ def plots(results: dict[str, Any], directory: Path, stamp: str) -> None:
         axis.set(
             title=ENDPOINTS[endpoint], xlabel="concurrent clients", ylabel="req/s", xscale="log"
         )
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(directory / f"{stamp}-throughput.png", dpi=100)
 
@@ -303,7 +304,8 @@ def plots(results: dict[str, Any], directory: Path, stamp: str) -> None:
             xscale="log",
             yscale="log",
         )
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(directory / f"{stamp}-latency.png", dpi=100)
 
@@ -328,7 +330,8 @@ def plots(results: dict[str, Any], directory: Path, stamp: str) -> None:
         ylabel="req/s",
         xticks=results["workers"],
     )
-    axis.legend(fontsize=7)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(directory / f"{stamp}-scaling.png", dpi=100)
     plt.close("all")
