@@ -22,9 +22,11 @@ from typing import Any
 import docker
 
 from tests.stack.deploying import Deploy, deploy_script, serving, under_load
-from tests.stack.harness import TEST_IMAGE, Stack, build_test_image, derived_image, wait_for
+from tests.stack.harness import Stack, build_test_image, derived_image, wait_for
 
 RESULTS = Path(__file__).parent / "results"
+# scripts/deploy points <repository>:latest at what it deployed: use a repository of our own.
+REPOSITORY = "berth-bench-deploy"
 
 
 def figures(deploy: Deploy) -> dict[str, Any]:
@@ -43,10 +45,10 @@ def run(rounds: int) -> dict[str, list[dict[str, Any]]]:
     build_test_image()
     tags = [f"bench-{number}" for number in range(2 * rounds + 1)]
     for tag in tags:
-        derived_image(tag, "latest", tag)
+        derived_image(f"{REPOSITORY}:{tag}", "latest", tag)
     results: dict[str, list[dict[str, Any]]] = {"scripts/deploy": [], "docker compose up -d": []}
     with tempfile.TemporaryDirectory() as workdir:
-        stack = Stack(workdir=Path(workdir))
+        stack = Stack(workdir=Path(workdir), env={"APP_IMAGE": REPOSITORY})
         try:
             assert deploy_script(stack, "--tag", tags[0]).returncode == 0
             for number in range(rounds):
@@ -71,8 +73,9 @@ def run(rounds: int) -> dict[str, list[dict[str, Any]]]:
         finally:
             stack.down()
             client = docker.from_env()
-            for tag in tags:
-                client.images.remove(f"{TEST_IMAGE}:{tag}", force=True)
+            for image in client.images.list(REPOSITORY):
+                for tag in image.tags:
+                    client.images.remove(tag, force=True)
     return results
 
 

@@ -216,13 +216,14 @@ class Stack:
 
 
 def derived_image(
-    tag: str, base: str, version: str, *lines: str, files: dict[str, Path] | None = None
+    image: str, base: str, version: str, *lines: str, files: dict[str, Path] | None = None
 ) -> None:
-    """TEST_IMAGE:tag = TEST_IMAGE:base plus a few Dockerfile lines, APP_VERSION set, and
-    `files` (name: source) copied into the image at their names' paths under /app."""
+    """`image` = `base` plus a few Dockerfile lines, APP_VERSION set, and `files`
+    (name: source) copied into the image at their names' paths under /app. Bare tags
+    ("v1") name tags of TEST_IMAGE."""
     files = files or {}
     dockerfile = "\n".join(
-        [f"FROM {TEST_IMAGE}:{base}", *lines, f"ENV APP_VERSION={version}"]
+        [f"FROM {qualified(base)}", *lines, f"ENV APP_VERSION={version}"]
         + [f"COPY {name} /app/{name}" for name in files]
     )
     context = io.BytesIO()
@@ -236,8 +237,12 @@ def derived_image(
             tar.addfile(info, io.BytesIO(data))
     context.seek(0)
     docker.from_env().images.build(
-        fileobj=context, custom_context=True, tag=f"{TEST_IMAGE}:{tag}", rm=True
+        fileobj=context, custom_context=True, tag=qualified(image), rm=True
     )
+
+
+def qualified(image: str) -> str:
+    return image if ":" in image else f"{TEST_IMAGE}:{image}"
 
 
 def build_test_image() -> None:

@@ -19,34 +19,46 @@ from tests.stack.deploying import (
     under_load,
     versions,
 )
-from tests.stack.harness import TEST_IMAGE, Stack, derived_image, wait_for
+from tests.stack.harness import Stack, derived_image, wait_for
+
+# Deploys point <repository>:latest at what they deployed: a repository of their own keeps
+# that from changing the image every other test module runs.
+REPOSITORY = "berth-test-deploy"
 
 
 @pytest.fixture(scope="module")
 def images(test_image: None) -> Iterator[None]:
     sku, failing = "0002_add_item_sku.py", "0003_fails_halfway.py"
-    versions = "migrations/versions"
-    derived_image("v1", "latest", "v1")
-    derived_image("v2", "v1", "v2", files={f"{versions}/{sku}": FIXTURES / sku})
-    derived_image("v3", "v2", "v3")
+    migrations = "migrations/versions"
+    derived_image(f"{REPOSITORY}:v1", "latest", "v1")
     derived_image(
-        "never-healthy", "v2", "never-healthy",
+        f"{REPOSITORY}:v2", f"{REPOSITORY}:v1", "v2", files={f"{migrations}/{sku}": FIXTURES / sku}
+    )
+    derived_image(f"{REPOSITORY}:v3", f"{REPOSITORY}:v2", "v3")
+    derived_image(
+        f"{REPOSITORY}:never-healthy",
+        f"{REPOSITORY}:v2",
+        "never-healthy",
         "USER root",
         "RUN printf 'raise SystemExit(\"broken on purpose\")\\n' > /app/app/healthcheck.py",
         "USER berth:berth",
-    )  # fmt: skip
+    )
     derived_image(
-        "bad-migration", "v2", "bad-migration", files={f"{versions}/{failing}": FIXTURES / failing}
+        f"{REPOSITORY}:bad-migration",
+        f"{REPOSITORY}:v2",
+        "bad-migration",
+        files={f"{migrations}/{failing}": FIXTURES / failing},
     )
     yield
     client = docker.from_env()
-    for tag in ("v1", "v2", "v3", "never-healthy", "bad-migration"):
-        client.images.remove(f"{TEST_IMAGE}:{tag}", force=True)
+    for image in client.images.list(REPOSITORY):
+        for tag in image.tags:
+            client.images.remove(tag, force=True)
 
 
 @pytest.fixture(scope="module")
 def stack(stack_factory: Callable[..., Stack], images: None) -> Stack:
-    stack = stack_factory()
+    stack = stack_factory(APP_IMAGE=REPOSITORY)
     first = deploy_script(stack, "--tag", "v1")
     assert first.returncode == 0, first.stderr
     return stack
