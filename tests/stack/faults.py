@@ -184,6 +184,16 @@ def app_connections(stack: Stack) -> dict[str, int]:
     return counts
 
 
+def bring_back_db(stack: Stack) -> float:
+    """Start the stopped or killed db, and wait until the app says it is ready through
+    Traefik; returns that moment."""
+    stack.run("start", "db")
+    wait_db_ready(stack)
+    with stack.client() as client:
+        wait_for(lambda: client.get("/health/ready").status_code == 200, timeout=30)
+    return time.time()
+
+
 def wait_db_ready(stack: Stack, timeout: float = 60) -> None:
     wait_for(
         lambda: stack.run("exec", "-T", "db", "pg_isready", "-q", "-h", "127.0.0.1", check=False)

@@ -14,6 +14,7 @@ import pytest
 from tests.stack.faults import (
     Load,
     app_connections,
+    bring_back_db,
     create_item,
     get_items,
     host_pid,
@@ -21,7 +22,6 @@ from tests.stack.faults import (
     mixed,
     report,
     summary,
-    wait_db_ready,
     wait_healthy,
     worker_pids,
 )
@@ -124,11 +124,7 @@ def test_database_outage_gives_fast_503s_and_heals_without_restart(healthy: Stac
             ready = wait_for(not_ready, timeout=10, what="not ready")
         time.sleep(max(0.0, OUTAGE_SECONDS - (time.time() - went_away)))
         came_back = time.time()
-        stack.run("start", "db")
-        wait_db_ready(stack)
-        with stack.client() as client:
-            wait_for(lambda: client.get("/health/ready").status_code == 200, timeout=30)
-        recovered = time.time()
+        recovered = bring_back_db(stack)
         time.sleep(2)
     assert ready.json()["status"] == "not ready"
     assert ready.json()["reason"].startswith("database unavailable")
@@ -193,11 +189,7 @@ def test_acknowledged_writes_survive_a_database_crash(healthy: Stack) -> None:
         stack.container("db").kill(signal="SIGKILL")
         crashed_at = time.time()
         time.sleep(3)
-        stack.run("start", "db")
-        wait_db_ready(stack)
-        with stack.client() as client:
-            wait_for(lambda: client.get("/health/ready").status_code == 200, timeout=30)
-        recovered = time.time()
+        recovered = bring_back_db(stack)
         time.sleep(3)
     acknowledged = [outcome.tag for outcome in load.outcomes if outcome.status == 201]
     assert load.successes_after(recovered) > 0

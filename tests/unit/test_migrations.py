@@ -16,39 +16,24 @@ from testcontainers.community.postgres import PostgresContainer
 
 from app.db import read_revisions
 from app.settings import Settings
-from tests.unit.conftest import PASSWORD, ROOT, admin_connection, alembic_config, settings_for
+from tests.unit.conftest import PASSWORD, ROOT, admin_connection, alembic_config
 
-FAILING_REVISION = '''
-"""fails halfway"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.create_table("half_done", sa.Column("id", sa.Integer, primary_key=True))
-    op.add_column("items", sa.Column("colour", sa.Text))
-    op.execute("SELECT 1 / 0")
-
-
-def downgrade() -> None:
-    pass
-'''
+FAILING_REVISION = ROOT / "tests" / "stack" / "fixtures" / "0002_fails_halfway.py"
 
 
 def alembic_cli(
-    postgres: PostgresContainer, database: str, ini: Path = ROOT / "alembic.ini"
+    postgres: PostgresContainer,
+    database: str = "berth",
+    ini: Path = ROOT / "alembic.ini",
+    password: str = PASSWORD,
 ) -> subprocess.CompletedProcess[str]:
+    """`alembic upgrade head` as the migrate service runs it: settings from the environment."""
     env = {
         **os.environ,
         "POSTGRES_HOST": postgres.get_container_host_ip(),
         "POSTGRES_PORT": str(postgres.get_exposed_port(5432)),
         "POSTGRES_USER": "berth",
-        "POSTGRES_PASSWORD": PASSWORD,
+        "POSTGRES_PASSWORD": password,
         "POSTGRES_DB": database,
     }
     return subprocess.run(
@@ -127,7 +112,7 @@ def test_failing_revision_rolls_back_and_is_named(
 ) -> None:
     assert alembic_cli(postgres, fresh_database).returncode == 0
     shutil.copytree(ROOT / "migrations", tmp_path / "migrations")
-    (tmp_path / "migrations" / "versions" / "0002_fails_halfway.py").write_text(FAILING_REVISION)
+    shutil.copy(FAILING_REVISION, tmp_path / "migrations" / "versions")
     ini = tmp_path / "alembic.ini"
     shutil.copy(ROOT / "alembic.ini", ini)
 
@@ -144,22 +129,7 @@ def test_failing_revision_rolls_back_and_is_named(
 
 
 def test_wrong_password_is_one_readable_line(postgres: PostgresContainer) -> None:
-    settings = settings_for(postgres)
-    env = {
-        **os.environ,
-        "POSTGRES_HOST": settings.postgres_host,
-        "POSTGRES_PORT": str(settings.postgres_port),
-        "POSTGRES_PASSWORD": "wrong",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    result = alembic_cli(postgres, password="wrong")
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("berth: migration failed: cannot connect to ")
