@@ -24,6 +24,18 @@ def find(runs: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     return next((r for r in runs if all(r[k] == v for k, v in match.items())), None)
 
 
+def throughput_row(
+    target: str, measured: dict[str, Any], baseline: dict[str, Any], floor: float
+) -> tuple[str, str, bool]:
+    """A target of the form "measured runs at least `floor` times the baseline's req/s"."""
+    ratio = measured["rps"] / baseline["rps"]
+    return (
+        target,
+        f"{ratio:.2f}x ({measured['rps']:.0f} vs {baseline['rps']:.0f} req/s)",
+        ratio >= floor,
+    )
+
+
 def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for each target of the benchmark issue."""
     runs = results["runs"]
@@ -32,14 +44,12 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         proxied = find(runs, target="traefik", endpoint="read", workers=workers, concurrency=64)
         direct = find(runs, target="direct", endpoint="read", workers=workers, concurrency=64)
         if proxied and direct:
-            ratio = proxied["rps"] / direct["rps"]
             rows.append(
-                (
+                throughput_row(
                     f"DB read, c64, {workers} worker(s): Traefik+TLS >= 0.75x direct",
-                    f"{ratio:.2f}x ({proxied['rps']:.0f} vs {direct['rps']:.0f} req/s)",
-                    ratio >= 0.75,
+                    proxied, direct, floor=0.75,
                 )
-            )
+            )  # fmt: skip
         live = find(runs, target="traefik", endpoint="live", workers=workers, concurrency=64)
         raw = find(runs, target="raw", endpoint="live", workers=workers, concurrency=64)
         raw_proxied = find(runs, target="raw-traefik", endpoint="live", workers=workers,
@@ -49,14 +59,12 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
                          "the proxy's own ceiling", f"{raw_proxied['rps'] / raw['rps']:.2f}x "
                          f"({raw_proxied['rps']:.0f} req/s)", raw_proxied["rps"] > 0))  # fmt: skip
         if live and raw:
-            ratio = live["rps"] / raw["rps"]
             rows.append(
-                (
+                throughput_row(
                     f"/health/live, c64, {workers} worker(s): whole stack >= 0.5x raw ASGI",
-                    f"{ratio:.2f}x ({live['rps']:.0f} vs {raw['rps']:.0f} req/s)",
-                    ratio >= 0.5,
+                    live, raw, floor=0.5,
                 )
-            )
+            )  # fmt: skip
         read16 = find(runs, target="traefik", endpoint="read", workers=workers, concurrency=16)
         if read16:
             ratio = read16["p99_ms"] / read16["p50_ms"]
