@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +72,16 @@ def image(app_image: str, python_image: str, workdir: Path, env: dict[str, str])
         return timed(lambda: subprocess.run(build, cwd=copy, env=image_env, check=True))
 
     rebuild()  # warm the build cache for this copy
+    # Both changes are new to BuildKit in every run: a change built by an earlier run
+    # would come from its layer cache and time nothing.
+    change = uuid.uuid4().hex
     version = copy / "app" / "api" / "version.py"
-    version.write_text(version.read_text() + "\n# a one-line change\n")
+    version.write_text(version.read_text() + f"\n# a one-line change {change}\n")
     code_change = rebuild()
     pyproject = copy / "pyproject.toml"
     pyproject.write_text(
-        pyproject.read_text().replace('"httptools>=0.6",', '"httptools>=0.6",\n    "six>=1.16",')
+        f"# dependency change {change}\n"
+        + pyproject.read_text().replace('"httptools>=0.6",', '"httptools>=0.6",\n    "six>=1.16",')
     )
     subprocess.run(["uv", "lock", "--quiet"], cwd=copy, check=True, timeout=300)
     dependency_change = rebuild()
