@@ -1,34 +1,43 @@
 """The dev stack (compose.dev.yaml) from a copy of the repository: an edit under app/ is
-served over HTTPS within seconds with no rebuild, Postgres is on 127.0.0.1 only, and
-running the tests never touches its data."""
+served over HTTPS within seconds with no rebuild, a dependency change rebuilds the image,
+Postgres is on 127.0.0.1 only, and running the tests never touches its data."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
 from app.settings import DEV_POSTGRES_PASSWORD
-from tests.stack.harness import ROOT, Stack, free_port, wait_for
+from tests.stack.harness import ROOT, TEST_IMAGE, Stack, free_port, wait_for
 
 RELOAD_BOUND_SECONDS = 10
+REBUILD_BOUND_SECONDS = 180
 # What a fresh clone has: the working tree without local state or caches.
 NOT_IN_A_CHECKOUT = shutil.ignore_patterns(
     ".git", ".venv", "__pycache__", ".*_cache", "test-output", ".berth", ".env"
 )
 
 
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fresh_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy = tmp_path_factory.mktemp("checkout") / "berth"
     shutil.copytree(ROOT, copy, ignore=NOT_IN_A_CHECKOUT)
     return copy
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fresh_checkout(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +81,116 @@ def test_an_edit_is_served_within_seconds_without_a_rebuild(dev: Stack, checkout
     assert after.attrs["State"]["StartedAt"] == before.attrs["State"]["StartedAt"]
     assert "StatReload detected changes in 'app/api/version.py'" in dev.logs("app")
     print(f"edit served after {served_after:.2f}s")
+
+
+@pytest.fixture
+def own_image() -> Iterator[str]:
+    """An app image name of the test's own, so a rebuild never replaces the image that
+    every other stack test runs."""
+    client = docker.from_env()
+    name = f"berth-dev-rebuild-{uuid.uuid4().hex[:8]}"
+    client.images.get(f"{TEST_IMAGE}:latest").tag(name, "latest")
+    yield name
+    # By name: the first image under it is also the shared test image, which stays.
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        client.images.remove(f"{name}:latest")
+
+
+class Watcher:
+    """`docker compose watch` in the background, its output collected."""
+
+    def __init__(self, stack: Stack) -> None:
+        command = [*stack.compose.compose_command_property, "watch", "--no-up", "app"]
+        self.process = subprocess.Popen(
+            command, cwd=stack.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.output: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.reader.join(timeout=5)
+
+
+def add_dependency(checkout: Path, requirement: str, workdir: Path) -> None:
+    """Add a dependency as a developer would (edit pyproject.toml, `uv lock`), then put
+    both files in place together, so the watcher never builds a stale lock."""
+    workdir.mkdir()
+    pyproject = (checkout / "pyproject.toml").read_text()
+    marker = '"httptools>=0.6",'
+    assert marker in pyproject
+    (workdir / "pyproject.toml").write_text(
+        pyproject.replace(marker, f'{marker}\n    "{requirement}",')
+    )
+    shutil.copy(checkout / "uv.lock", workdir / "uv.lock")
+    subprocess.run(["uv", "lock", "--quiet"], cwd=workdir, check=True, timeout=300)
+    for name in ("pyproject.toml", "uv.lock"):
+        os.replace(workdir / name, checkout / name)
+
+
+def imports(stack: Stack, module: str) -> bool:
+    command = ("exec", "-T", "app", "python", "-c", f"import {module}")
+    return stack.run(*command, check=False).returncode == 0
+
+
+def test_a_dependency_change_rebuilds_the_image(
+    stack_factory: Callable[..., Stack],
+    tmp_path_factory: pytest.TempPathFactory,
+    own_image: str,
+) -> None:
+    copy = fresh_checkout(tmp_path_factory)
+    stack = stack_factory(
+        files=("compose.yaml", "compose.dev.yaml"), root=copy,
+        APP_IMAGE=own_image, DEV_DB_PORT=str(free_port()),
+    )  # fmt: skip
+    stack.up()
+    before = stack.container("app")
+    assert not imports(stack, "six")
+
+    watcher = Watcher(stack)
+    try:
+        wait_for(lambda: "Watch enabled" in watcher.text(), timeout=30, what="the watcher")
+        changed_at = time.monotonic()
+        add_dependency(copy, "six>=1.16", tmp_path_factory.mktemp("lock") / "edit")
+
+        def rebuilt_and_serving() -> bool:
+            try:
+                (app,) = stack.containers("app")
+                app.reload()
+            except (ValueError, docker.errors.NotFound):  # mid-swap: none, or two
+                return False
+            return (
+                app.id != before.id
+                and app.attrs["State"].get("Health", {}).get("Status") == "healthy"
+                and imports(stack, "six")
+                and version_answer(stack) == "latest"
+            )
+
+        try:
+            wait_for(rebuilt_and_serving, timeout=REBUILD_BOUND_SECONDS, interval=1)
+        except TimeoutError:
+            pytest.fail(f"no rebuilt app serving; `compose watch` said:\n{watcher.text()}")
+        rebuilt_after = time.monotonic() - changed_at
+        after = stack.container("app")
+        assert after.image.id != before.image.id
+        print(f"dependency change served after {rebuilt_after:.1f}s")
+    finally:
+        watcher.stop()
+        stack.down()  # before own_image's clean-up: a running container holds its image
 
 
 def test_dev_postgres_listens_on_localhost_only(dev: Stack) -> None:
