@@ -98,6 +98,14 @@ schedule() {
 # -- one backup --------------------------------------------------------------------------
 record() { printf '%s %s %s\n' "$1" "$(date -u +%s)" "$2" >"$STATUS.tmp" && mv "$STATUS.tmp" "$STATUS"; }
 
+# Alembic's revision as stored in a dump: the one row of alembic_version's COPY data.
+# Empty when the dump has no such table (a database never migrated).
+dump_revision() {
+  pg_restore --data-only --table=alembic_version --file=- "$1" 2>/dev/null \
+    | awk '/^COPY / { copying = 1; next } copying && $0 != "\\." && !found { print; found = 1 }' \
+    || true
+}
+
 backup_now() {
   local stamp file partial error revision
   stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -118,7 +126,9 @@ backup_now() {
     log "error: backup failed: the new dump does not read back: $(one_line <<<"$error")"
     return 1
   fi
-  revision=$(psql -XAtqc "SELECT version_num FROM alembic_version" 2>/dev/null || echo none)
+  # The revision inside this dump's snapshot, read from the dump: asking the server again
+  # could see a later migration, or no server at all.
+  revision=$(dump_revision "$partial")
   printf 'revision=%s\n' "${revision:-none}" >"$file.meta"
   mv "$partial" "$file" # whole files only: a crash mid-dump leaves a .partial, never a .dump
   record ok "$(basename "$file")"

@@ -16,6 +16,7 @@ def test_scheduled_backups_and_their_failures_are_visible(
     stack.up()
     assert 'scheduled "every 3s"' in stack.logs("backup")
     wait_for(lambda: "wrote berth-" in stack.logs("backup"), timeout=20, what="a backup")
+    assert "alembic revision 0001)" in stack.logs("backup")  # read from the dump itself
     assert stack.state("backup")["Health"]["Status"] == "healthy"
 
     stack.run("stop", "app", "db")

@@ -167,6 +167,23 @@ def test_database_is_not_published(started: tuple[Stack, dict[str, float]]) -> N
     assert stack.container("db").attrs["HostConfig"]["PortBindings"] in ({}, None)
 
 
+def test_no_service_gets_an_anonymous_volume(started: tuple[Stack, dict[str, float]]) -> None:
+    """Anonymous volumes (an image's VOLUME with nothing mounted on it) have no name to
+    back up or remove by, and outlive their containers on a failed `up`."""
+    stack, _ = started
+    containers = stack.docker.containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={stack.project}"}
+    )
+    assert {c.labels["com.docker.compose.service"] for c in containers} >= {"db", "backup"}
+    anonymous = {
+        (c.labels["com.docker.compose.service"], mount["Destination"])
+        for c in containers
+        for mount in c.attrs["Mounts"]
+        if mount["Type"] == "volume" and not mount["Name"].startswith(f"{stack.project}_")
+    }
+    assert anonymous == set()
+
+
 def test_app_runs_as_an_unprivileged_user(started: tuple[Stack, dict[str, float]]) -> None:
     stack, _ = started
     assert stack.run("exec", "-T", "app", "id", "-u").stdout.strip() == "10001"
