@@ -98,7 +98,8 @@ def slow_socket(port: int, first_bytes: bytes) -> ssl.SSLSocket:
 def is_cut(connection: ssl.SSLSocket) -> bool:
     """Has the server closed this connection (or answered it, before closing)?"""
     try:
-        return connection.recv(4096) is not None  # b"" (closed) or an error response
+        connection.recv(4096)  # b"" (closed) or an error response: either way, answered
+        return True
     except (ssl.SSLWantReadError, BlockingIOError):
         return False  # still open, waiting for the rest of our request
     except OSError:
@@ -132,8 +133,8 @@ def test_slow_clients_are_cut_and_never_starve_other_clients(stack: Stack) -> No
                     dribble(slow)
                 time.sleep(0.2)
         assert not any(is_cut(connection) for connection in slow)  # not cut too early
-        cut = wait_for(
-            lambda: all(is_cut(connection) for connection in slow) or None,
+        wait_for(
+            lambda: all(is_cut(connection) for connection in slow),
             timeout=20,
             interval=0.5,
             what="Traefik to cut the slow clients",
@@ -142,7 +143,6 @@ def test_slow_clients_are_cut_and_never_starve_other_clients(stack: Stack) -> No
     finally:
         for connection in slow:
             connection.close()
-    assert cut
     assert max(latencies) < 1.0
     assert READ_TIMEOUT - 5 < cut_after < READ_TIMEOUT + 5
     report(
