@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -104,7 +105,5 @@ async def metrics(request: Request) -> Response:
         multiprocess.MultiProcessCollector(registry, MULTIPROCESS_DIR)
         body = generate_latest(registry)
     else:
-        from prometheus_client import REGISTRY
-
         body = generate_latest(REGISTRY)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

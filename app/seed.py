@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import Database, describe
 from app.models import Item
+from app.preflight import EX_CONFIG
 from app.settings import ConfigError, load_settings
 
 DEFAULT_COUNT = 3000
@@ -110,7 +111,7 @@ def main() -> int:
         added, total = asyncio.run(seed(arguments.count, arguments.reset))
     except ConfigError as exc:
         print(f"berth: configuration error: {exc}", file=sys.stderr)
-        return 78
+        return EX_CONFIG
     except (SQLAlchemyError, OSError) as exc:
         print(f"berth: seeding failed, nothing was changed: {describe(exc)}", file=sys.stderr)
         return 1
