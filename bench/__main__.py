@@ -22,11 +22,11 @@ import httpx
 
 from bench import measure, report
 from bench.load import Run, require_wrk, wrk
-from tests.stack.faults import worker_pids
-from tests.stack.harness import ROOT, Stack, build_test_image, free_port, wait_for
+from tests.stack.faults import wait_workers
+from tests.stack.harness import ROOT, TEST_IMAGE, Stack, build_test_image, free_port, wait_for
 
 RESULTS = Path(__file__).parent / "results"
-IMAGE = "berth-test-app:latest"  # built from this checkout by build_test_image()
+IMAGE = f"{TEST_IMAGE}:latest"  # built from this checkout by build_test_image()
 RAW_APP = Path(__file__).parent / "rawapp.py"
 PATHS = {"live": "/health/live", "read": "/api/items?limit=20", "write": "/api/items"}
 
@@ -78,7 +78,7 @@ class Suite:
             stack.set_env(WEB_CONCURRENCY=str(workers))
             stack.up()
             stack.run("run", "--rm", "--no-deps", "seed", "python", "-m", "app.seed", "--reset")
-            wait_for(lambda: len(worker_pids(stack)) == workers, timeout=30)  # noqa: B023
+            wait_workers(stack, workers)
             time.sleep(3)  # let start-up settle before reading idle memory
             idle = measure.worker_rss_mb(stack)
             direct = f"http://127.0.0.1:{stack.env['BENCH_APP_PORT']}"
@@ -209,7 +209,7 @@ def main() -> None:
             stack.down()
         if "image" not in skip:
             python_image = os.environ.get("PYTHON_IMAGE", "python:3.13-slim")
-            results["image"] = measure.image(IMAGE, python_image, Path(workdir), dict(os.environ))
+            results["image"] = measure.image(IMAGE, python_image, Path(workdir))
     results["runs"] = [run.as_dict() for run in suite.runs]
     results["meta"]["total_seconds"] = round(time.monotonic() - started, 1)
     summary = report.write(results, RESULTS, stamp)

@@ -16,29 +16,16 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from subprocess import CompletedProcess
 from typing import Any
 
 import docker
 
-from tests.stack.deploying import Deploy, deploy_script, serving, under_load
+from tests.stack.deploying import deploy_script, figures, under_load, version_answer
 from tests.stack.harness import Stack, build_test_image, derived_image, wait_for
 
 RESULTS = Path(__file__).parent / "results"
 # scripts/deploy points <repository>:latest at what it deployed: use a repository of our own.
 REPOSITORY = "berth-bench-deploy"
-
-
-def figures(deploy: Deploy) -> dict[str, Any]:
-    outcomes = deploy.load.outcomes
-    return {
-        "exit_code": deploy.result.returncode,
-        "seconds": round(deploy.seconds, 1),
-        "requests": len(outcomes),
-        "failed": len(deploy.load.failures()),
-        "slowest_seconds": round(max(o.seconds for o in outcomes), 2),
-        "statuses": sorted({str(o.status or o.error) for o in deploy.load.failures()}),
-    }
 
 
 def run(rounds: int) -> dict[str, list[dict[str, Any]]]:
@@ -54,17 +41,13 @@ def run(rounds: int) -> dict[str, list[dict[str, Any]]]:
             for number in range(rounds):
                 berth_tag, naive_tag = tags[2 * number + 1], tags[2 * number + 2]
 
-                def berth_deploy(tag: str = berth_tag) -> CompletedProcess[str]:
-                    return deploy_script(stack, "--tag", tag)
-
-                def naive_serving(tag: str = naive_tag) -> bool:
-                    return wait_for(lambda: serving(stack) == tag, timeout=90)
-
-                berth = under_load(stack, berth_deploy)
+                berth = under_load(stack, lambda: deploy_script(stack, "--tag", berth_tag))  # noqa: B023
                 results["scripts/deploy"].append(figures(berth))
                 stack.set_env(APP_TAG=naive_tag)
                 naive = under_load(
-                    stack, lambda: stack.run("up", "--detach", check=False), done=naive_serving
+                    stack,
+                    lambda: stack.run("up", "--detach", check=False),
+                    done=lambda: wait_for(lambda: version_answer(stack) == naive_tag, timeout=90),  # noqa: B023
                 )
                 results["docker compose up -d"].append(figures(naive))
                 stack.set_env(APP_TAG="latest")
@@ -119,8 +102,9 @@ def main() -> None:
     results = run(rounds)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"deploy-{when}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "deploy.md").write_text(markdown(results, when))
-    print(markdown(results, when))
+    summary = markdown(results, when)
+    (RESULTS / "deploy.md").write_text(summary)
+    print(summary)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,5 @@ def wrk(
         p99_ms=numbers["p99_us"] / 1000,
         max_ms=numbers["max_us"] / 1000,
         errors=errors,
-        command=(f"BENCH_METHOD={'POST' if post else 'GET'} " if post else "")
-        + shlex.join(command),
+        command=("BENCH_METHOD=POST " if post else "") + shlex.join(command),
     )

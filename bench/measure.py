@@ -3,7 +3,6 @@ stop under load."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 import time
@@ -14,12 +13,15 @@ from typing import Any
 import docker
 import httpx
 
-from tests.stack.faults import Load, get_items, summary, worker_pids
-from tests.stack.harness import ROOT, Stack, wait_for
-
-NOT_IN_A_CHECKOUT = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", ".*_cache", "test-output", ".berth", ".env", "results"
+from tests.stack.faults import (
+    Load,
+    app_connections,
+    get_items,
+    summary,
+    wait_healthy,
+    worker_pids,
 )
+from tests.stack.harness import Stack, build_test_image, copy_checkout
 
 
 def timed(action: Any) -> float:
@@ -59,17 +61,14 @@ def startup(stack: Stack) -> dict[str, float]:
     }
 
 
-def image(app_image: str, python_image: str, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+def image(app_image: str, python_image: str, workdir: Path) -> dict[str, Any]:
     client = docker.from_env()
     size = client.images.get(app_image).attrs["Size"]
     base = client.images.get(python_image).attrs["Size"]
-    copy = workdir / "checkout"
-    shutil.copytree(ROOT, copy, ignore=NOT_IN_A_CHECKOUT)
-    build = ["docker", "compose", "--env-file", "/dev/null", "build", "--quiet", "app"]
-    image_env = {**env, "APP_IMAGE": "berth-bench-rebuild", "APP_TAG": "latest"}
+    copy = copy_checkout(workdir / "checkout")
 
     def rebuild() -> float:
-        return timed(lambda: subprocess.run(build, cwd=copy, env=image_env, check=True))
+        return timed(lambda: build_test_image(copy, "berth-bench-rebuild"))
 
     rebuild()  # warm the build cache for this copy
     # Both changes are new to BuildKit in every run: a change built by an earlier run
@@ -122,14 +121,10 @@ class ConnectionSampler:
         self._thread.join()
 
     def _sample(self) -> None:
-        query = (
-            "SELECT count(*), count(*) FILTER (WHERE state = 'active') "
-            "FROM pg_stat_activity WHERE application_name = 'berth-app'"
-        )
         while not self._stop.wait(0.5):
-            opened, active = (int(v) for v in self.stack.psql(query).split("|"))
-            self.peak["open"] = max(self.peak["open"], opened)
-            self.peak["active"] = max(self.peak["active"], active)
+            counts = app_connections(self.stack)
+            self.peak["open"] = max(self.peak["open"], sum(counts.values()))
+            self.peak["active"] = max(self.peak["active"], counts.get("active", 0))
 
 
 def stop_under_load(stack: Stack) -> dict[str, Any]:
@@ -138,5 +133,5 @@ def stop_under_load(stack: Stack) -> dict[str, Any]:
         seconds = timed(lambda: stack.run("stop", "app", timeout=120))
         time.sleep(2)
     stack.run("start", "app")
-    wait_for(lambda: stack.state("app").get("Health", {}).get("Status") == "healthy", timeout=60)
+    wait_healthy(stack, "app", timeout=60)
     return {"stop_seconds": seconds, **summary(load)}

@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -69,15 +70,16 @@ def versions(outcomes: list[Outcome]) -> list[str]:
     return [outcome.tag for outcome in outcomes if outcome.tag]
 
 
+def version_answer(stack: Stack) -> str | None:
+    """The version answering /api/version through Traefik, or None if none does yet."""
+    with stack.client(timeout=5) as client:
+        response = client.get("/api/version")
+        return str(response.json()["version"]) if response.status_code == 200 else None
+
+
 def serving(stack: Stack) -> str:
     """The version Traefik routes to (right after `up`, Traefik may 404 for a second)."""
-    with stack.client() as client:
-
-        def answer() -> str | None:
-            response = client.get("/api/version")
-            return str(response.json()["version"]) if response.status_code == 200 else None
-
-        return wait_for(answer, timeout=10, what="/api/version")
+    return wait_for(lambda: version_answer(stack), timeout=10, what="/api/version")
 
 
 def sigterm_times(stack: Stack, container_ids: set[str], since: float) -> list[float]:
@@ -92,6 +94,14 @@ def app_ids(stack: Stack) -> set[str]:
     return {c.id for c in stack.containers("app") if c.status == "running"}
 
 
+def figures(deploy: Deploy) -> dict[str, Any]:
+    """A deploy's exit code and duration, with its load's summary."""
+    return {
+        "exit_code": deploy.result.returncode,
+        "seconds": round(deploy.seconds, 1),
+        **summary(deploy.load),
+    }
+
+
 def record(name: str, deploy: Deploy) -> None:
-    report(name, exit_code=deploy.result.returncode, seconds=round(deploy.seconds, 1),
-           **summary(deploy.load))  # fmt: skip
+    report(name, **figures(deploy))

@@ -184,6 +184,21 @@ def app_connections(stack: Stack) -> dict[str, int]:
     return counts
 
 
+def wait_workers(
+    stack: Stack,
+    count: int,
+    settled: Callable[[set[int]], bool] = lambda pids: True,
+    what: str = "the workers",
+) -> set[int]:
+    """Wait until the app runs `count` workers and `settled(their pids)` holds."""
+
+    def ready() -> set[int] | None:
+        pids = worker_pids(stack)
+        return pids if len(pids) == count and settled(pids) else None
+
+    return wait_for(ready, timeout=30, what=what)
+
+
 def bring_back_db(stack: Stack) -> float:
     """Start the stopped or killed db, and wait until the app says it is ready through
     Traefik; returns that moment."""

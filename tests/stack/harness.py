@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import shutil
 import socket
 import subprocess
 import tarfile
@@ -30,6 +31,16 @@ ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = ROOT / "tests" / "stack" / "compose"
 TEST_IMAGE = "berth-test-app"
 T = TypeVar("T")
+# What a fresh clone has: the working tree without local state, caches or bench results.
+NOT_IN_A_CHECKOUT = shutil.ignore_patterns(
+    ".git", ".venv", "__pycache__", ".*_cache", "test-output", ".berth", ".env", "results"
+)
+
+
+def copy_checkout(destination: Path) -> Path:
+    """A copy of this repository as a fresh clone would have it, at `destination`."""
+    shutil.copytree(ROOT, destination, ignore=NOT_IN_A_CHECKOUT)
+    return destination
 
 
 def free_port() -> int:
@@ -245,12 +256,12 @@ def qualified(image: str) -> str:
     return image if ":" in image else f"{TEST_IMAGE}:{image}"
 
 
-def build_test_image() -> None:
-    """Build the app image from this checkout once per test session."""
-    env = {**os.environ, "APP_IMAGE": TEST_IMAGE, "APP_TAG": "latest"}
+def build_test_image(root: Path = ROOT, image: str = TEST_IMAGE) -> None:
+    """Build the app image from a checkout (this one, once per test session) as image:latest."""
+    env = {**os.environ, "APP_IMAGE": image, "APP_TAG": "latest"}
     subprocess.run(
         ["docker", "compose", "--env-file", os.devnull, "build", "--quiet", "app"],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         check=True,
         timeout=900,

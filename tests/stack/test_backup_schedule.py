@@ -3,9 +3,9 @@ turns the service unhealthy with the error in its log, until a backup succeeds a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
+from tests.stack.faults import wait_healthy
 from tests.stack.harness import Stack, wait_for
 
 
@@ -32,9 +32,4 @@ def test_scheduled_backups_and_their_failures_are_visible(
     assert health.startswith("last backup failed: pg_dump:")
 
     stack.run("start", "db")
-    wait_for(
-        lambda: stack.state("backup")["Health"]["Status"] == "healthy",
-        timeout=60,
-        what="the backup service to recover",
-    )
-    time.sleep(0.1)
+    wait_healthy(stack, "backup", timeout=60)  # recovered

@@ -40,7 +40,7 @@ def test_demo_is_seeded_with_realistic_items(demo: Stack) -> None:
 
 
 def test_seeding_again_adds_nothing(demo: Stack) -> None:
-    assert "0 items added, 3000 in the table" in seed(demo)
+    assert f"0 items added, {DEFAULT_COUNT} in the table" in seed(demo)
     assert demo.psql("SELECT count(*) FROM items") == str(DEFAULT_COUNT)
 
 
@@ -53,7 +53,8 @@ def test_reset_returns_to_the_seeded_state(demo: Stack) -> None:
         client.patch("/api/items/2", json={"price": "0.01"})
     assert demo.psql(snapshot) != seeded
 
-    assert "reset and seeded: 3000 items added, 3000 in the table" in seed(demo, "--reset")
+    reseeded = f"reset and seeded: {DEFAULT_COUNT} items added, {DEFAULT_COUNT} in the table"
+    assert reseeded in seed(demo, "--reset")
     assert demo.psql(snapshot) == seeded
 
 

@@ -18,6 +18,7 @@ from tests.stack.deploying import (
     serving,
     sigterm_times,
     under_load,
+    version_answer,
     versions,
 )
 from tests.stack.harness import Stack, derived_image, wait_for
@@ -149,7 +150,9 @@ def test_the_naive_redeploy_drops_requests(stack: Stack) -> None:
     deploy = under_load(
         stack,
         lambda: stack.run("up", "--detach", check=False),
-        done=lambda: wait_for(lambda: serving(stack) == "v3", timeout=60, what="v3 to serve"),
+        done=lambda: wait_for(
+            lambda: version_answer(stack) == "v3", timeout=60, what="v3 to serve"
+        ),
     )
 
     assert deploy.result.returncode == 0, deploy.result.stderr

@@ -19,20 +19,15 @@ import docker
 import pytest
 
 from app.settings import DEV_POSTGRES_PASSWORD
-from tests.stack.harness import ROOT, TEST_IMAGE, Stack, free_port, wait_for
+from tests.stack.deploying import version_answer
+from tests.stack.harness import ROOT, TEST_IMAGE, Stack, copy_checkout, free_port, wait_for
 
 RELOAD_BOUND_SECONDS = 10
 REBUILD_BOUND_SECONDS = 180
-# What a fresh clone has: the working tree without local state or caches.
-NOT_IN_A_CHECKOUT = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", ".*_cache", "test-output", ".berth", ".env"
-)
 
 
 def fresh_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    copy = tmp_path_factory.mktemp("checkout") / "berth"
-    shutil.copytree(ROOT, copy, ignore=NOT_IN_A_CHECKOUT)
-    return copy
+    return copy_checkout(tmp_path_factory.mktemp("checkout") / "berth")
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +42,6 @@ def dev(stack_factory: Callable[..., Stack], checkout: Path) -> Stack:
     )
     stack.up()
     return stack
-
-
-def version_answer(stack: Stack) -> str | None:
-    with stack.client(timeout=5) as client:
-        response = client.get("/api/version")
-        return str(response.json()["version"]) if response.status_code == 200 else None
 
 
 def test_an_edit_is_served_within_seconds_without_a_rebuild(dev: Stack, checkout: Path) -> None:

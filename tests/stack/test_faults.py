@@ -23,6 +23,7 @@ from tests.stack.faults import (
     report,
     summary,
     wait_healthy,
+    wait_workers,
     worker_pids,
 )
 from tests.stack.harness import Stack, wait_for
@@ -42,7 +43,7 @@ def stack(stack_factory: Callable[..., Stack]) -> Stack:
 @pytest.fixture
 def healthy(stack: Stack) -> Stack:
     stack.up()
-    wait_for(lambda: len(worker_pids(stack)) == WORKERS, timeout=30, what="both workers")
+    wait_workers(stack, WORKERS, what="both workers")
     with stack.client() as client:
         wait_for(
             lambda: client.get("/health/ready").status_code == 200,

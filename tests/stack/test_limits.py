@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 import docker
 import pytest
 
-from tests.stack.faults import Load, get_items, report, summary, worker_pids
-from tests.stack.harness import ROOT, TEST_IMAGE, Stack, derived_image, wait_for
+from tests.stack.faults import Load, get_items, report, summary, wait_workers, worker_pids
+from tests.stack.harness import ROOT, TEST_IMAGE, Stack, derived_image
 
 HOOKS = ROOT / "tests" / "stack" / "fixtures" / "testhooks" / "sitecustomize.py"
 WORKERS = 2
@@ -33,7 +33,7 @@ def stack(stack_factory: Callable[..., Stack], hooks_image: str) -> Stack:
         APP_TAG=hooks_image, WEB_CONCURRENCY=str(WORKERS), WORKER_MAX_RSS_MB=str(BUDGET_MB)
     )
     stack.up()
-    wait_for(lambda: len(worker_pids(stack)) == WORKERS, timeout=30)
+    wait_workers(stack, WORKERS)
     return stack
 
 
@@ -75,8 +75,7 @@ def test_a_worker_over_its_budget_restarts_gracefully(stack: Stack) -> None:
         grown = grow(stack, 150)  # ~90 MiB at rest + 150 > the 200 MiB budget
         assert grown is not None
         victim = host_pid_of(stack, grown)
-        wait_for(lambda: victim not in worker_pids(stack) and len(worker_pids(stack)) == WORKERS,
-                 timeout=30, what="the worker to be replaced")  # fmt: skip
+        wait_workers(stack, WORKERS, lambda pids: victim not in pids, "the worker to be replaced")
         time.sleep(2)
     assert victim in before
     assert load.failures() == []  # it finished its requests before leaving
@@ -90,8 +89,9 @@ def test_a_worker_past_the_container_limit_is_oom_killed_and_replaced(stack: Sta
     with Load(stack, request=get_items, clients=4, max_seconds=60) as load:
         time.sleep(1)
         assert grow(stack, 600) is None  # more than the 550 MiB container: killed mid-request
-        wait_for(lambda: len(worker_pids(stack)) == WORKERS and worker_pids(stack) != before,
-                 timeout=30, what="the killed worker to be replaced")  # fmt: skip
+        wait_workers(
+            stack, WORKERS, lambda pids: pids != before, "the killed worker to be replaced"
+        )
         time.sleep(2)
     assert stack.state("app")["Status"] == "running"  # the kernel killed a worker, not PID 1
     assert load.successes_after(time.time() - 2) > 0

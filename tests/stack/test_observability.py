@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.stack.faults import Load, get_items, worker_pids
+from tests.stack.faults import Load, get_items, wait_workers
 from tests.stack.harness import Stack, wait_for
 
 WORKERS = 2
@@ -21,7 +21,7 @@ WORKERS = 2
 def stack(stack_factory: Callable[..., Stack]) -> Stack:
     stack = stack_factory(WEB_CONCURRENCY=str(WORKERS))
     stack.up()
-    wait_for(lambda: len(worker_pids(stack)) == WORKERS, timeout=30)
+    wait_workers(stack, WORKERS)
     return stack
 
 
@@ -46,6 +46,11 @@ def app_log_lines(stack: Stack) -> list[dict[str, Any]]:
         if line.startswith("{"):
             lines.append(json.loads(line))
     return lines
+
+
+def line_for(stack: Stack, request_id: str) -> dict[str, Any] | None:
+    """The app's access-log line for this request id, once it is written."""
+    return next((e for e in app_log_lines(stack) if e.get("request_id") == request_id), None)
 
 
 def test_metrics_add_up_across_workers(stack: Stack) -> None:
@@ -93,16 +98,13 @@ def test_request_id_is_returned_and_logged(stack: Stack) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
     assert re.fullmatch(r"[0-9a-f]{32}", hostile.headers["x-request-id"])
 
-    def line_for(request_id: str) -> dict[str, Any] | None:
-        return next((e for e in app_log_lines(stack) if e.get("request_id") == request_id), None)
-
-    line = wait_for(lambda: line_for(sent), timeout=10, what="the log line")
+    line = wait_for(lambda: line_for(stack, sent), timeout=10, what="the log line")
     assert line["method"] == "GET"
     assert line["path"] == "/api/items"
     assert line["status"] == 200
     assert line["duration_ms"] > 0
     assert line["level"] == "INFO"
-    assert line_for(generated.headers["x-request-id"]) is not None
+    assert line_for(stack, generated.headers["x-request-id"]) is not None
 
 
 def test_logged_client_is_the_real_one(stack: Stack) -> None:
@@ -115,7 +117,7 @@ def test_logged_client_is_the_real_one(stack: Stack) -> None:
         f"{stack.project}_proxy"
     ]["IPAddress"]
     line = wait_for(
-        lambda: next((e for e in app_log_lines(stack) if e.get("request_id") == sent), None),
+        lambda: line_for(stack, sent),
         timeout=10,
     )
     assert line["client"] not in (traefik_ip, "203.0.113.9")
@@ -141,7 +143,7 @@ def test_every_answer_is_json_logged_even_errors(stack: Stack) -> None:
     assert response.status_code == 422
     request_id = response.headers["x-request-id"]
     line = wait_for(
-        lambda: next((e for e in app_log_lines(stack) if e.get("request_id") == request_id), None),
+        lambda: line_for(stack, request_id),
         timeout=10,
     )
     assert line["status"] == 422
