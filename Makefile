@@ -15,7 +15,7 @@ dev: ## start the dev stack: reload on edit, Postgres on 127.0.0.1:5432, in the 
 	$(DEV) up --build --watch
 
 down: ## stop and remove the stack's containers (data volumes stay)
-	$(COMPOSE) -f compose.yaml -f compose.demo.yaml down --remove-orphans
+	$(DEMO) down --remove-orphans
 
 logs: ## follow every service's logs
 	$(COMPOSE) logs -f --tail=100

@@ -106,32 +106,37 @@ dump_revision() {
     || true
 }
 
+# A failed backup: its partial file removed, the failure recorded for the healthcheck.
+backup_failed() {
+  rm -f "$1"
+  record failed "$2"
+  log "error: backup failed: $2"
+}
+
 backup_now() {
   local stamp file partial error revision
   stamp=$(date -u +%Y%m%dT%H%M%SZ)
   file="$DIR/$DB-$stamp.dump"
   partial="$DIR/.$DB-$stamp.dump.partial"
   # One snapshot (pg_dump's own transaction), so a backup under write load is consistent.
+  # Every step is checked by hand: `schedule` calls this under `||`, where set -e is off.
   if ! error=$(pg_dump --format=custom --compress=6 --file="$partial" 2>&1); then
-    rm -f "$partial"
-    record failed "pg_dump: $(one_line <<<"$error")"
-    log "error: backup failed: pg_dump: $(one_line <<<"$error")"
-    return 1
+    backup_failed "$partial" "pg_dump: $(one_line <<<"$error")"; return 1
   fi
   # Read every byte back (decompressing all data), so a dump that can't restore is a
   # failed backup now, not a surprise later.
   if ! error=$(pg_restore --file=/dev/null "$partial" 2>&1); then
-    rm -f "$partial"
-    record failed "the new dump does not read back: $(one_line <<<"$error")"
-    log "error: backup failed: the new dump does not read back: $(one_line <<<"$error")"
-    return 1
+    backup_failed "$partial" "the new dump does not read back: $(one_line <<<"$error")"; return 1
   fi
   # The revision inside this dump's snapshot, read from the dump: asking the server again
   # could see a later migration, or no server at all.
   revision=$(dump_revision "$partial")
-  printf 'revision=%s\n' "${revision:-none}" >"$file.meta"
-  mv "$partial" "$file" # whole files only: a crash mid-dump leaves a .partial, never a .dump
-  record ok "$(basename "$file")"
+  # Whole files only: a crash mid-dump leaves a .partial, never a .dump.
+  if ! printf 'revision=%s\n' "${revision:-none}" >"$file.meta" || ! mv "$partial" "$file"; then
+    rm -f "$file.meta"
+    backup_failed "$partial" "could not write $(basename "$file") into $DIR"; return 1
+  fi
+  record ok "$(basename "$file")" || { log "error: could not record the backup's status"; return 1; }
   log "wrote $(basename "$file") ($(du -h "$file" | cut -f1), alembic revision ${revision:-none})"
   prune
 }
@@ -139,7 +144,7 @@ backup_now() {
 # -- retention: the newest backup of each of the last KEEP_DAILY days that have one, and
 # of each of the last KEEP_WEEKLY ISO weeks; never the newest backup of all ------------------
 prune() {
-  local name stamp day week kept_days=0 kept_weeks=0 newest=yes
+  local name stamp day week keep kept_days=0 kept_weeks=0 newest=yes
   declare -A seen_day=() seen_week=()
   while read -r name; do
     stamp=$(sed -E 's/.*-([0-9]{8})T([0-9]{6})Z\.dump$/\1 \2/' <<<"$name")
@@ -148,10 +153,10 @@ prune() {
     keep=no
     if [ "$newest" = yes ]; then keep=yes; newest=no; fi
     if [ -z "${seen_day[$day]:-}" ] && [ "$kept_days" -lt "$KEEP_DAILY" ]; then
-      seen_day[$day]=1; kept_days=$((kept_days + 1)); keep=yes
+      kept_days=$((kept_days + 1)); keep=yes
     fi
     if [ -z "${seen_week[$week]:-}" ] && [ "$kept_weeks" -lt "$KEEP_WEEKLY" ]; then
-      seen_week[$week]=1; kept_weeks=$((kept_weeks + 1)); keep=yes
+      kept_weeks=$((kept_weeks + 1)); keep=yes
     fi
     seen_day[$day]=1
     seen_week[$week]=1
@@ -199,16 +204,25 @@ restore() {
     psql -XAtq -d postgres -c "DROP DATABASE IF EXISTS \"$target\"" >/dev/null || true
     die "restoring $name failed ($(one_line <<<"$error")); nothing was changed"
   fi
-  revision=$(psql -XAtq -d "$target" -c "SELECT version_num FROM alembic_version" 2>/dev/null || true)
+  revision=$(dump_revision "$file")
 
-  # The swap: no connections may reach either database while it is renamed.
-  psql -XAtq -v ON_ERROR_STOP=1 -d postgres >/dev/null <<SQL
+  # The swap: no connections may reach either database while it is renamed. Terminations
+  # are waited for (up to 5 s each), and both renames happen in one transaction, so a
+  # failure leaves the names as they were.
+  if ! error=$(psql -XAtq -v ON_ERROR_STOP=1 -d postgres 2>&1 >/dev/null <<SQL
 ALTER DATABASE "$DB" WITH ALLOW_CONNECTIONS false;
-SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '$DB' AND pid <> pg_backend_pid();
+SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = '$DB' AND pid <> pg_backend_pid();
+BEGIN;
 ALTER DATABASE "$DB" RENAME TO "$old";
 ALTER DATABASE "$target" RENAME TO "$DB";
 ALTER DATABASE "$old" WITH ALLOW_CONNECTIONS true;
+COMMIT;
 SQL
+  ); then
+    psql -XAtq -d postgres -c "ALTER DATABASE \"$DB\" WITH ALLOW_CONNECTIONS true" \
+      -c "DROP DATABASE IF EXISTS \"$target\"" >/dev/null 2>&1 || true
+    die "swapping in the restored database failed ($(one_line <<<"$error")); nothing was changed"
+  fi
   log "restored $name into $DB (alembic revision ${revision:-none})"
   log "the database it replaced is kept as $old; when satisfied: docker compose exec db dropdb -U \"\$POSTGRES_USER\" $old"
 }
