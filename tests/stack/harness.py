@@ -70,6 +70,24 @@ def wait_for(
         time.sleep(interval)
 
 
+_handed_out: set[str] = set()
+
+
+def free_subnet() -> str:
+    """A /24 for a stack's proxy network that no Docker network uses and no stack of this
+    run was given: a random pick collided now and then ("Pool overlaps")."""
+    in_use = {
+        config["Subnet"]
+        for network in docker.from_env().networks.list()
+        for config in (network.attrs.get("IPAM") or {}).get("Config") or []
+        if "Subnet" in config
+    }
+    candidates = [f"10.213.{third}.0/24" for third in range(1, 255)]
+    subnet = random.choice([c for c in candidates if c not in in_use | _handed_out])
+    _handed_out.add(subnet)
+    return subnet
+
+
 @dataclass
 class Stack:
     workdir: Path
@@ -83,7 +101,7 @@ class Stack:
     def __post_init__(self) -> None:
         self.http_port = free_port()
         self.https_port = free_port()
-        self.subnet = f"10.213.{random.randint(1, 254)}.0/24"
+        self.subnet = free_subnet()
         self.domain = self.env.get("DOMAIN", "localhost")
         settings = {
             "COMPOSE_PROJECT_NAME": self.project,
