@@ -31,9 +31,10 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 COPY alembic.ini ./
 COPY migrations ./migrations
+COPY berth ./berth
 COPY app ./app
 # Compiled as root at build time: the berth user cannot (and should not) write here.
-RUN python -m compileall -q app migrations
+RUN python -m compileall -q berth app migrations
 # Last, so a new version label invalidates no layer above.
 ARG APP_VERSION=dev
 ENV APP_VERSION=${APP_VERSION}

@@ -83,7 +83,7 @@ Description = Annotated[
         mode="validation",
     ),
 ]
-# JSON numbers arrive as Decimal (see app/api), so 0.29 is exactly 0.29, never a float.
+# JSON numbers arrive as Decimal (see berth/routing.py), so 0.29 is exactly 0.29, never a float.
 Price = Annotated[
     Decimal,
     BeforeValidator(_price_text),
@@ -151,9 +151,3 @@ class ItemPage(BaseModel):
     total: int
     limit: int
     offset: int
-
-
-class Problem(BaseModel):
-    """The body of every error response that is not a validation error."""
-
-    detail: str

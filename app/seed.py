@@ -19,10 +19,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.db import Database, describe
 from app.models import Item
-from app.preflight import EX_CONFIG
-from app.settings import ConfigError, load_settings
+from berth.db import Database, describe
+from berth.preflight import EX_CONFIG
+from berth.settings import ConfigError, load_settings
 
 DEFAULT_COUNT = 3000
 SEED = 20261124

@@ -74,8 +74,8 @@ def image(app_image: str, python_image: str, workdir: Path) -> dict[str, Any]:
     # Both changes are new to BuildKit in every run: a change built by an earlier run
     # would come from its layer cache and time nothing.
     change = uuid.uuid4().hex
-    version = copy / "app" / "api" / "version.py"
-    version.write_text(version.read_text() + f"\n# a one-line change {change}\n")
+    entry_point = copy / "app" / "main.py"
+    entry_point.write_text(entry_point.read_text() + f"\n# a one-line change {change}\n")
     code_change = rebuild()
     pyproject = copy / "pyproject.toml"
     pyproject.write_text(

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.settings import Settings
+from berth.settings import Settings
 
 # The *_IMAGE variables stay: they are how the sandbox swaps in local images.
 LEAKY_PREFIXES = ("COMPOSE_", "ACME_", "TRAEFIK_")

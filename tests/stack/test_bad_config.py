@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from app.settings import DEV_POSTGRES_PASSWORD
+from berth.settings import DEV_POSTGRES_PASSWORD
 from tests.stack.harness import Stack
 
 PRODUCTION = {"DOMAIN": "berth.test", "ACME_EMAIL": "ops@berth.test"}

@@ -42,7 +42,7 @@ def images(test_image: None) -> Iterator[None]:
         f"{REPOSITORY}:v2",
         "never-healthy",
         "USER root",
-        "RUN printf 'raise SystemExit(\"broken on purpose\")\\n' > /app/app/healthcheck.py",
+        "RUN printf 'raise SystemExit(\"broken on purpose\")\\n' > /app/berth/healthcheck.py",
         "USER berth:berth",
     )
     derived_image(

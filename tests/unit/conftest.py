@@ -1,6 +1,7 @@
 """In-process tests of the app against a real Postgres started by Testcontainers.
 
-One container serves the whole session; each test gets an empty `items` table.
+One container serves the whole session; each test that uses `client` leaves every table of
+the service empty (its rows are truncated afterwards, its schema stays at head).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fastapi import FastAPI
 from testcontainers.community.postgres import PostgresContainer
 
 from app.main import create_app
-from app.settings import Settings, load_settings
+from berth.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:17")
@@ -102,4 +103,15 @@ async def client(app: FastAPI, postgres: PostgresContainer) -> AsyncIterator[htt
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
     with admin_connection(postgres) as connection:
-        connection.execute("TRUNCATE items RESTART IDENTITY")
+        empty_service_tables(connection)
+
+
+def empty_service_tables(connection: psycopg.Connection) -> None:
+    """TRUNCATE every table the migrations made, except Alembic's own."""
+    tables = connection.execute(
+        "SELECT quote_ident(tablename) FROM pg_tables "
+        "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+    ).fetchall()
+    if tables:
+        names = ", ".join(name for (name,) in tables)
+        connection.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")

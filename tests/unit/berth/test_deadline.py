@@ -8,12 +8,12 @@ import time
 import httpx
 from testcontainers.community.postgres import PostgresContainer
 
-from app.main import create_app
+from berth.application import build_app
 from tests.unit.conftest import settings_for
 
 
 async def test_a_hung_request_gets_a_503_at_the_deadline(postgres: PostgresContainer) -> None:
-    application = create_app(settings_for(postgres, request_timeout_seconds=0.3))
+    application = build_app(settings_for(postgres, request_timeout_seconds=0.3), title="t")
     unwound = asyncio.Event()
 
     @application.get("/hang")

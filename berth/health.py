@@ -6,8 +6,8 @@ from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from app.api import JSONRoute
-from app.db import DatabaseDep
+from berth.db import DatabaseDep
+from berth.routing import JSONRoute
 
 router = APIRouter(prefix="/health", tags=["health"], route_class=JSONRoute)
 

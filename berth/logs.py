@@ -1,6 +1,6 @@
 """JSON logs, one object per line, for the app and for uvicorn itself.
 
-uvicorn loads app/logging.json (`--log-config`) in its supervisor and in every worker;
+uvicorn loads berth/logging.json (`--log-config`) in its supervisor and in every worker;
 `configure_logging` gives the same format to code that runs without it (tests, scripts).
 """
 

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from app.deadline import within
-from app.settings import Settings
+from berth.deadline import within
+from berth.settings import Settings
 
 log = logging.getLogger("berth.db")
 
@@ -100,7 +100,7 @@ def connector(settings: Settings) -> Callable[[], Awaitable[psycopg.AsyncConnect
 def read_revisions(directory: Path = MIGRATIONS) -> tuple[frozenset[str], frozenset[str]]:
     """(heads, every revision) of the migration scripts, read from their `revision` and
     `down_revision` assignments. Importing Alembic for this would cost each worker 6 MB;
-    tests/unit/test_migrations.py checks the answer against Alembic's own."""
+    tests/unit/berth/test_migrations.py checks the answer against Alembic's own."""
     revisions: set[str] = set()
     parents: set[str] = set()
     for script in directory.glob("*.py"):

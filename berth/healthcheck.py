@@ -1,4 +1,4 @@
-"""The container healthcheck: `python -m app.healthcheck`.
+"""The container healthcheck: `python -m berth.healthcheck`.
 
 Fails while the container is draining (scripts/deploy creates DRAIN_FLAG), so Traefik takes
 it out of routing before it is stopped: Traefik keeps sending new requests to a container

@@ -1,4 +1,4 @@
-"""Ask Traefik which release answers: `python -m app.probe routed|exclusive VERSION`.
+"""Ask Traefik which release answers: `python -m berth.probe routed|exclusive VERSION`.
 
 scripts/deploy runs this inside an app container (it is on Traefik's network and has
 Python), so the host needs nothing but Docker.

@@ -10,16 +10,24 @@ from fastapi import FastAPI, Request, Response, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.db import describe
+from berth.db import describe
 
 log = logging.getLogger("berth.errors")
 
 # How long a client should wait before retrying while the database is away.
 RETRY_AFTER_SECONDS = 5
+
+
+class Problem(BaseModel):
+    """The body of every error response that is not a validation error, for routers to
+    document their 404s and 409s with."""
+
+    detail: str
 
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:

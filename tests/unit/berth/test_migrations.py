@@ -14,8 +14,8 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from testcontainers.community.postgres import PostgresContainer
 
-from app.db import read_revisions
-from app.settings import Settings
+from berth.db import read_revisions
+from berth.settings import Settings
 from tests.unit.conftest import PASSWORD, ROOT, admin_connection, alembic_config
 
 FAILING_REVISION = ROOT / "tests" / "stack" / "fixtures" / "0002_fails_halfway.py"
@@ -59,7 +59,7 @@ def versions(postgres: PostgresContainer, database: str) -> list[str]:
 
 
 def test_revisions_read_without_alembic_match_alembic(tmp_path: Path) -> None:
-    """The app reads migration heads from the scripts' assignments (app.db.read_revisions);
+    """The app reads migration heads from the scripts' assignments (berth.db.read_revisions);
     Alembic must agree, also with a second head, a merge and a branch point."""
     shutil.copytree(ROOT / "migrations", tmp_path / "migrations")
     versions = tmp_path / "migrations" / "versions"

@@ -1,4 +1,4 @@
-"""Routers, one module per resource, and the route class they share."""
+"""The route class every router shares: strict JSON request bodies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per request: a request id, one JSON log line, and the metrics in app/metrics.py.
+"""Per request: a request id, one JSON log line, and the metrics in berth/metrics.py.
 
 A pure ASGI middleware (no BaseHTTPMiddleware), so it adds no task per request and sees
 every answer, including the deadline's 503 and the 500 of an unhandled error.
@@ -13,7 +13,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.metrics import IN_FLIGHT, LATENCY, REQUESTS
+from berth.metrics import IN_FLIGHT, LATENCY, REQUESTS
 
 log = logging.getLogger("berth.access")
 

@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     db_connect_timeout_seconds: int = Field(default=3, ge=1, le=60)
     db_statement_timeout_ms: int = Field(default=10_000, ge=0)
     # Longer than the statement timeout, which ends slow queries with a clearer error; this
-    # one ends waits that no database timeout can (see app/deadline.py).
+    # one ends waits that no database timeout can (see berth/deadline.py).
     request_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
 
     # A worker over this resident memory restarts gracefully (0: no limit). The container's

@@ -6,8 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
-from app.api import JSONRoute
-from app.db import SessionDep
 from app.repository import DuplicateNameError, ItemRepository, ItemSort
 from app.schemas import (
     DEFAULT_PAGE_SIZE,
@@ -16,8 +14,10 @@ from app.schemas import (
     ItemPage,
     ItemRead,
     ItemUpdate,
-    Problem,
 )
+from berth.db import SessionDep
+from berth.errors import Problem
+from berth.routing import JSONRoute
 
 router = APIRouter(prefix="/api/items", tags=["items"], route_class=JSONRoute)
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from app.main import create_app
-from app.preflight import EX_CONFIG
-from app.settings import DEV_POSTGRES_PASSWORD, ConfigError, load_settings
+from berth.application import build_app
+from berth.preflight import EX_CONFIG
+from berth.settings import DEV_POSTGRES_PASSWORD, ConfigError, load_settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 STRONG = "a-strong-production-password"
 
 
@@ -127,7 +127,7 @@ def test_production_settings_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_app_factory_exits_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEB_CONCURRENCY", "many")
     with pytest.raises(SystemExit) as caught:
-        create_app()
+        build_app(title="t")
     assert str(caught.value).startswith("berth: configuration error: POSTGRES_PASSWORD: required")
     assert "WEB_CONCURRENCY" in str(caught.value)
 
@@ -135,7 +135,7 @@ def test_app_factory_exits_with_one_line(monkeypatch: pytest.MonkeyPatch) -> Non
 def run_preflight(**env: str) -> subprocess.CompletedProcess[str]:
     clean = {key: value for key, value in os.environ.items() if key not in env}
     return subprocess.run(
-        [sys.executable, "-m", "app.preflight"],
+        [sys.executable, "-m", "berth.preflight"],
         cwd=ROOT,
         env={**clean, **env},
         capture_output=True,

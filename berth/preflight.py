@@ -1,4 +1,4 @@
-"""Validate the configuration before anything else starts: `python -m app.preflight`.
+"""Validate the configuration before anything else starts: `python -m berth.preflight`.
 
 The `preflight` service runs this once per `docker compose up`; the database, the proxy and
 through them everything else wait for it, so a bad `.env` stops the stack before Postgres
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from app.settings import ConfigError, load_settings
+from berth.settings import ConfigError, load_settings
 
 # sysexits.h EX_CONFIG: lets scripts tell a configuration error from a crash.
 EX_CONFIG = 78

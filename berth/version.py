@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from app.api import JSONRoute
+from berth.routing import JSONRoute
 
 router = APIRouter(prefix="/api/version", tags=["meta"], route_class=JSONRoute)
 
