@@ -38,6 +38,6 @@ RUN python -m compileall -q berth app migrations
 # Last, so a new version label invalidates no layer above.
 ARG APP_VERSION=dev
 ENV APP_VERSION=${APP_VERSION}
-USER berth:berth
+USER 10001:10001
 EXPOSE 8000
 CMD ["uvicorn", "app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]

@@ -7,6 +7,7 @@ test's stack. `down -v` runs however the test ends (Ryuk is off here).
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import random
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +31,9 @@ from testcontainers.compose import DockerCompose
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = ROOT / "tests" / "stack" / "compose"
-TEST_IMAGE = "berth-test-app"
+# The app image every stack test runs, built once per session from this checkout. Two
+# checkouts testing at once on one engine (worktrees, helpers) set BERTH_TEST_IMAGE apart.
+TEST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test-app")
 T = TypeVar("T")
 # What a fresh clone has: the working tree without local state, caches or bench results.
 NOT_IN_A_CHECKOUT = shutil.ignore_patterns(
@@ -43,10 +47,64 @@ def copy_checkout(destination: Path) -> Path:
     return destination
 
 
+# Ports for test stacks come from below the kernel's ephemeral range, where nothing gets a
+# port without asking for that number; a reservation file per port keeps two stacks, in
+# this run or in a parallel one, from ever being handed the same one.
+PORT_RESERVATIONS = Path(tempfile.gettempdir()) / "berth-test-ports"
+PORT_RANGE = range(20_000, 32_000)
+_reserved_here: set[int] = set()
+
+
 def free_port() -> int:
+    """A 127.0.0.1 port reserved for this process until `release_port` (or its exit)."""
+    PORT_RESERVATIONS.mkdir(exist_ok=True)
+    for port in random.sample(PORT_RANGE, 200):
+        claim = PORT_RESERVATIONS / str(port)
+        if claim.exists() and not _owner_gone(claim):
+            continue
+        claim.unlink(missing_ok=True)
+        try:
+            descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue  # another process claimed it just now
+        with os.fdopen(descriptor, "w") as owner:
+            owner.write(str(os.getpid()))
+        if _bindable(port):
+            _reserved_here.add(port)
+            return port
+        claim.unlink(missing_ok=True)
+    raise RuntimeError(f"no free port in {PORT_RANGE} after 200 tries")
+
+
+def release_port(port: int) -> None:
+    if port in _reserved_here:
+        _reserved_here.discard(port)
+        (PORT_RESERVATIONS / str(port)).unlink(missing_ok=True)
+
+
+@atexit.register
+def _release_all() -> None:
+    for port in list(_reserved_here):
+        release_port(port)
+
+
+def _owner_gone(claim: Path) -> bool:
+    try:
+        os.kill(int(claim.read_text() or "0"), 0)
+    except (ProcessLookupError, ValueError):
+        return True
+    except (PermissionError, FileNotFoundError):
+        return False
+    return False
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def parse_docker_time(value: str) -> float:
@@ -160,6 +218,8 @@ class Stack:
             "down", "--volumes", "--remove-orphans", "--timeout", "10", check=False, timeout=180
         )
         self.env_file.unlink(missing_ok=True)
+        release_port(self.http_port)
+        release_port(self.https_port)
 
     def run(
         self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None

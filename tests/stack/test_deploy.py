@@ -21,11 +21,11 @@ from tests.stack.deploying import (
     version_answer,
     versions,
 )
-from tests.stack.harness import Stack, derived_image, wait_for
+from tests.stack.harness import TEST_IMAGE, Stack, derived_image, wait_for
 
 # Deploys point <repository>:latest at what they deployed: a repository of their own keeps
 # that from changing the image every other test module runs.
-REPOSITORY = "berth-test-deploy"
+REPOSITORY = f"{TEST_IMAGE}-deploy"
 
 
 @pytest.fixture(scope="module")
