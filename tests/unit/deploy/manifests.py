@@ -425,7 +425,9 @@ def check_command(objects: list[Object], compose: dict[str, Any]) -> list[str]:
     declared = [item["containerPort"] for item in app.get("ports", [])]
     if declared != [port]:
         problems.append(f"app: ports {declared}, uvicorn listens on {port}")
-    label = services["app"]["labels"].get("traefik.http.services.app.loadbalancer.server.port")
+    label = (
+        services["app"].get("labels", {}).get("traefik.http.services.app.loadbalancer.server.port")
+    )
     if label is not None and int(label) != port:
         problems.append(f"app: port {port}, Traefik's label says {label}")
     return problems
@@ -495,7 +497,8 @@ def check_grace(objects: list[Object], compose: dict[str, Any]) -> list[str]:
     compose_graceful = uvicorn_command(compose["services"]["app"]["command"])[1].get(
         "--timeout-graceful-shutdown"
     )
-    compose_grace = duration_seconds(compose["services"]["app"]["stop_grace_period"])
+    # Docker's default when Compose sets none.
+    compose_grace = duration_seconds(compose["services"]["app"].get("stop_grace_period", "10s"))
     if graceful is None or graceful != compose_graceful:
         problems.append(
             f"app: --timeout-graceful-shutdown={graceful}, Compose's is {compose_graceful}"
@@ -539,6 +542,8 @@ def check_security(objects: list[Object]) -> list[str]:
             problems.append(f"{where}: seccompProfile is not RuntimeDefault")
         if pod.get("automountServiceAccountToken") is not False:
             problems.append(f"{where}: mounts a service account token")
+        if pod.get("enableServiceLinks") is not False:
+            problems.append(f"{where}: service links could inject variables like POSTGRES_PORT")
         for entry in all_containers(pod):
             context = entry.get("securityContext", {})
             name = f"{where} {entry['name']}"
@@ -638,8 +643,10 @@ def check_database(objects: list[Object], compose: dict[str, Any], secrets_dir: 
                 f"{db['deploy']['resources']['limits']['memory']}"
             )
         grace = pod.get("terminationGracePeriodSeconds", 30)
-        if grace < duration_seconds(db["stop_grace_period"]):
-            problems.append(f"{where}: {grace} s to stop, Compose gives {db['stop_grace_period']}")
+        if grace < duration_seconds(db.get("stop_grace_period", "10s")):
+            problems.append(
+                f"{where}: {grace} s to stop, Compose gives {db.get('stop_grace_period')}"
+            )
         shm = [
             volume
             for volume in pod.get("volumes", [])
@@ -648,9 +655,10 @@ def check_database(objects: list[Object], compose: dict[str, Any], secrets_dir: 
         if not shm or quantity(shm[0]["emptyDir"]["sizeLimit"]) < float(db.get("shm_size") or 0):
             problems.append(f"{where}: /dev/shm smaller than Compose's shm_size")
         data_mount = next(
-            volume["target"] for volume in db["volumes"] if volume["source"] == "db-data"
+            (volume["target"] for volume in db.get("volumes", []) if volume["source"] == "db-data"),
+            "Compose's db-data volume",
         )
-        if not env.get("PGDATA", "").startswith(data_mount + "/"):
+        if not env.get("PGDATA", "").startswith(f"{data_mount}/"):
             problems.append(f"{where}: PGDATA {env.get('PGDATA')} is not below {data_mount}")
         compose_check = db["healthcheck"]["test"][1].replace("$$", "$")
         probe = entry.get("readinessProbe", {}).get("exec", {}).get("command", [])

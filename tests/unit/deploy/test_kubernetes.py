@@ -256,7 +256,6 @@ def test_the_app_accepts_the_configuration(
             settings = load_settings()
         assert settings.production == (config_data(objects)["DOMAIN"] != "localhost")
         assert settings.web_concurrency == 1
-    assert load_settings_for(renders["production"], tmp_path, monkeypatch).production
 
 
 def load_settings_for(
@@ -425,3 +424,31 @@ def test_the_readme_says_what_was_and_was_not_checked(renders: dict[str, list[Ob
     for overlay in OVERLAYS:
         for variable in config_data(renders[overlay]):
             assert re.search(rf"\b{variable}\b", documented), f"{variable} is documented nowhere"
+
+
+def test_the_readme_figures_are_the_manifests(renders: dict[str, list[Object]]) -> None:
+    section = " ".join(readme_section().split())
+    objects = renders["production"]
+    deployment = app_deployment(objects)
+    pod = pod_spec(deployment)
+    app = container(pod, "app")
+    scaler = next(item for item in objects if item["kind"] == "HorizontalPodAutoscaler")["spec"]
+    data = config_data(objects)
+    pre_stop = app["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = pod["terminationGracePeriodSeconds"]
+    keep_alive = next(a for a in app["command"] if a.startswith("--timeout-keep-alive="))
+    surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    per_pod = int(data["DB_POOL_SIZE"]) + int(data["DB_MAX_OVERFLOW"])
+    pods = scaler["maxReplicas"] + surge
+    cpu = scaler["metrics"][0]["resource"]["target"]["averageUtilization"]
+    for figure in (
+        f"preStop pause {pre_stop} s",
+        f"terminationGracePeriodSeconds: {grace}` = {pre_stop} +",
+        f"{keep_alive.partition('=')[2]} s, above Traefik's default 90 s",
+        f"{scaler['minReplicas']} to {scaler['maxReplicas']} replicas at {cpu} % CPU",
+        f"(maxReplicas {scaler['maxReplicas']} + maxSurge {surge}) x {per_pod} = {pods * per_pod}",
+        f"`POSTGRES_MAX_CONNECTIONS` ({data['POSTGRES_MAX_CONNECTIONS']})",
+        f"a {app['resources']['limits']['memory']} limit",
+        f"uid {pod['securityContext']['runAsUser']}",
+    ):
+        assert figure in section, figure
