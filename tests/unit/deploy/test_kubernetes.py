@@ -325,6 +325,12 @@ def drop_log_level(objects: list[Object]) -> None:
     del config_data(objects)["LOG_LEVEL"]
 
 
+def small_database(objects: list[Object]) -> None:
+    for item in objects:
+        if item["kind"] == "StatefulSet":
+            pod_spec(item)["containers"][0]["resources"]["limits"]["memory"] = "512Mi"
+
+
 def wrong_secret(objects: list[Object]) -> None:
     for volume in pod_spec(app_deployment(objects))["volumes"]:
         if "secret" in volume:
@@ -357,6 +363,7 @@ BREAKAGES: dict[str, tuple[Callable[[list[Object]], None], str]] = {
     "database open to any namespace": (open_database, "network"),
     "a Secret name without the generator's hash": (wrong_secret, "references"),
     "Ingress host that is not DOMAIN": (set_config("DOMAIN", "other.example.com"), "ingress"),
+    "a database smaller than Compose's": (small_database, "database"),
 }
 
 
@@ -383,10 +390,25 @@ def test_each_check_catches_a_broken_manifest(
         "network": check_network_policies,
         "references": lambda o: check_references(o, "evaluation"),
         "ingress": lambda o: check_ingress(o, "evaluation"),
+        "database": lambda o: check_database(o, compose, tmp_path),
     }
     assert checks[check](objects) == []
     change(objects)
     assert checks[check](objects) != []
+
+
+def test_overlay_checks_catch_a_broken_overlay(renders: dict[str, list[Object]]) -> None:
+    changed = copy.deepcopy(renders)
+    config_data(changed["evaluation"])["LOG_LEVEL"] = "debug"
+    assert check_site_overrides(changed) != []
+    unlabelled = copy.deepcopy(renders)
+    service = next(
+        item
+        for item in unlabelled["evaluation"]
+        if item["kind"] == "Service" and item["metadata"]["name"] == "berth-postgres"
+    )
+    del service["metadata"]["labels"]["evaluation-only"]
+    assert check_evaluation_labels(unlabelled) != []
 
 
 def test_a_changed_compose_is_noticed(
