@@ -1,0 +1,147 @@
+"""Rolling updates on a real three-node Swarm under load, next to the single-server deploy.
+
+    uv run python -m bench.swarm [--rounds N]
+
+Builds a cluster of three docker-in-docker nodes with a registry (tests/swarm/cluster.py),
+deploys Berth with scripts/swarm, then under the load of bench/deploy.py (4 clients through
+Traefik over HTTPS: GET /api/version, GET /api/items, POST /api/items) runs N rolling
+updates, drains a worker, and kills a worker. Removes the cluster, and writes
+bench/results/swarm-rollout-<time>.json and .md; the single-server figures in the table are
+the newest bench/results/deploy-*.json (`uv run python -m bench.deploy` writes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.stack.harness import build_test_image
+from tests.swarm.cluster import swarm_cluster
+from tests.swarm.deploying import (
+    SwarmStack,
+    drain_under_load,
+    figures,
+    kill_under_load,
+    numbered_app_images,
+    remove_app_images,
+    under_load,
+    worker_with_an_app_task,
+)
+
+RESULTS = Path(__file__).parent / "results"
+SINGLE_SERVER = "scripts/deploy"
+
+
+def run(rounds: int) -> dict[str, Any]:
+    build_test_image()
+    tags = numbered_app_images(rounds + 1)
+    results: dict[str, Any] = {"scripts/swarm deploy": []}
+    try:
+        with swarm_cluster() as cluster, tempfile.TemporaryDirectory() as workdir:
+            stack = SwarmStack(cluster, Path(workdir))
+            stack.push_images(tags)
+            stack.label_db_node(cluster.manager.name)
+            first = stack.deploy(tags[0])
+            assert first.returncode == 0, first.stderr
+            stack.wait_serving(tags[0])
+            for tag in tags[1:]:
+                loaded = under_load(stack, lambda: stack.deploy(tag))  # noqa: B023
+                assert loaded.result.returncode == 0, loaded.result.stderr
+                results["scripts/swarm deploy"].append(
+                    figures(loaded, exit_code=loaded.result.returncode)
+                )
+                print(f"rollout to {tag}: {results['scripts/swarm deploy'][-1]}")
+            drained = drain_under_load(stack, worker_with_an_app_task(stack))
+            results["node drained"] = figures(drained, tasks_moved_seconds=round(drained.result, 1))
+            print(f"drain: {results['node drained']}")
+            loss = kill_under_load(stack, worker_with_an_app_task(stack), recovery_timeout=180)
+            results["node killed"] = loss.figures()
+            print(f"kill: {results['node killed']}")
+    finally:
+        remove_app_images()
+    return results
+
+
+def single_server() -> tuple[str, list[dict[str, Any]]]:
+    """The newest single-server deploy benchmark's rounds of scripts/deploy."""
+    runs = sorted(RESULTS.glob("deploy-*.json"))
+    if not runs:
+        return "", []
+    rounds: list[dict[str, Any]] = json.loads(runs[-1].read_text()).get(SINGLE_SERVER, [])
+    return runs[-1].name, rounds
+
+
+def row(method: str, rounds: list[dict[str, Any]]) -> str:
+    seconds = [r["seconds"] for r in rounds]
+    return (
+        f"| {method} | {len(rounds)} | {', '.join(str(r['failed']) for r in rounds)} "
+        f"| {', '.join(str(r['requests']) for r in rounds)} "
+        f"| {max(r['slowest_seconds'] for r in rounds):.2f} "
+        f"| {statistics.median(seconds):.1f} ({max(seconds):.1f}) |"
+    )
+
+
+def markdown(results: dict[str, Any], when: str) -> str:
+    source, single = single_server()
+    drained, killed = results["node drained"], results["node killed"]
+    lines = [
+        f"# Rolling update on a three-node Swarm, next to one server ({when})",
+        "",
+        "Produced by `uv run python -m bench.swarm`: one manager and two workers (docker-in-",
+        "docker on this machine), 2 app replicas, the same load as `bench.deploy` (4 clients",
+        "through Traefik over HTTPS: GET /api/version, GET /api/items, POST /api/items).",
+        "",
+        "| method | rounds | failed requests (each round) | requests (each round) "
+        "| slowest request, s | deploy seconds, median (max) |",
+        "|---|---|---|---|---|---|",
+        row("`scripts/swarm deploy` (Swarm, 3 nodes)", results["scripts/swarm deploy"]),
+    ]
+    if single:
+        lines.append(row(f"`scripts/deploy` (one server, from `{source}`)", single))
+    lines += [
+        "",
+        "A Swarm deploy's seconds run from the command's start to its exit: infrastructure",
+        "check, the migration job to completion, then the app rolled task by task (start-",
+        "first, each new task healthy, then a 15 s monitor window) with the old task serving",
+        "10 s after SIGTERM while Traefik's 5 s poll catches up.",
+        "",
+        "| event | failed requests | requests | slowest request, s | figures |",
+        "|---|---|---|---|---|",
+        f"| worker drained (`docker node update --availability drain`) | {drained['failed']} "
+        f"| {drained['requests']} | {drained['slowest_seconds']:.2f} "
+        f"| tasks running elsewhere after {drained['tasks_moved_seconds']} s |",
+        f"| worker killed (its container stopped hard) | {killed['failed']} "
+        f"({', '.join(sorted(killed['statuses']))}) | {killed['requests']} "
+        f"| {killed['slowest_seconds']:.2f} | node seen down after "
+        f"{killed['node_down_after_seconds']} s, its task replaced after "
+        f"{killed['replaced_after_seconds']} s; a 5 s-timeout probe failed at "
+        f"{killed['probe_failed_at_seconds']} s after the kill |",
+        "",
+        "Failed means any non-2xx answer or a connection error. On a killed node, requests",
+        "in flight get no answer and no reset: Traefik answers them 504 after its 20 s",
+        "responseHeaderTimeout, and its health check (3 s interval, 2 s timeout) stops new",
+        "requests from going there.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    rounds = parser.parse_args().rounds
+    when = time.strftime("%Y-%m-%dT%H-%M-%S")
+    results = run(rounds)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"swarm-rollout-{when}.json").write_text(json.dumps(results, indent=2) + "\n")
+    summary = markdown(results, when)
+    (RESULTS / f"swarm-rollout-{when}.md").write_text(summary)
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
