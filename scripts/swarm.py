@@ -252,6 +252,20 @@ def config_version(document: Mapping[str, Any]) -> str:
     return digest.hexdigest()[:12]
 
 
+def stack_variables(settings: Settings, tag: str, version: str) -> dict[str, str]:
+    """What compose.swarm.yaml needs beyond the operator's settings: the values Compose
+    derives with ${VAR:+...}, which the Docker CLI's stack loader does not support."""
+    production = settings.get("DOMAIN", "localhost") != "localhost"
+    return {
+        "BERTH_STACK": settings.stack,
+        "APP_TAG": tag,
+        "BERTH_CONFIG_VERSION": version,
+        "BERTH_CERT_RESOLVER": "letsencrypt" if production else "",
+        "BERTH_HSTS": "hsts@file," if production else "",
+        "BERTH_BACKEND_INTERNAL": "false" if settings.external_db else "true",
+    }
+
+
 def stack_deploy(settings: Settings, document: Mapping[str, Any], services: Sequence[str]) -> None:
     docker(settings, "stack", "deploy", "--detach=true", "--resolve-image=always",
            "--compose-file", "-", settings.stack, stdin=part(document, services))  # fmt: skip
@@ -426,14 +440,7 @@ def deploy(settings: Settings, tag: str, timeout: float) -> None:
         say(f"Postgres runs on {check_db_node(settings)} (label {DB_LABEL}=true)")
     ensure_password_secret(settings)
     version = config_version(document)
-    production = settings.get("DOMAIN", "localhost") != "localhost"
-    settings.environment.update(
-        BERTH_STACK=settings.stack,
-        APP_TAG=tag,
-        BERTH_CONFIG_VERSION=version,
-        BERTH_CERT_RESOLVER="letsencrypt" if production else "",
-        BERTH_HSTS="hsts@file," if production else "",
-    )
+    settings.environment.update(stack_variables(settings, tag, version))
     current = service_spec(settings, APP)
     previous = image_of(current) if current else None
 

@@ -138,23 +138,45 @@ def test_the_app_has_the_single_server_routers() -> None:
     assert single <= set(labels)
 
 
-def test_the_stack_file_is_what_the_docker_cli_accepts() -> None:
-    env = {
-        **os.environ,
-        "APP_IMAGE": "registry.example.com/berth-app",
-        "APP_TAG": "v1",
-        "BERTH_STACK": "berth",
-        "BERTH_CONFIG_VERSION": "0123456789ab",
-    }
+def rendered(**settings: str) -> dict[str, Any]:
+    """The whole stack file as the Docker CLI's stack loader reads it for a deploy."""
+    configured = swarm.Settings(
+        stack="berth", environment={"APP_IMAGE": "registry.example.com/berth-app", **settings}
+    )
+    env = {**os.environ, **configured.environment,
+           **swarm.stack_variables(configured, "v1", "0123456789ab")}  # fmt: skip
     result = subprocess.run(
         ["docker", "stack", "config", "--compose-file", "-"],
         input=swarm.part(swarm.load_stack_file(), list(stack()["services"])),
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    rendered = yaml.safe_load(result.stdout)
-    assert rendered["services"]["app"]["image"] == "registry.example.com/berth-app:v1"
-    assert rendered["services"]["migrate"]["deploy"]["mode"] == "replicated-job"
+    document: dict[str, Any] = yaml.safe_load(result.stdout)
+    return document
+
+
+def test_the_stack_file_is_what_the_docker_cli_accepts() -> None:
+    local = rendered()
+    assert local["services"]["app"]["image"] == "registry.example.com/berth-app:v1"
+    assert local["services"]["migrate"]["deploy"]["mode"] == "replicated-job"
+    assert local["networks"]["backend"]["internal"] is True
+    labels = local["services"]["app"]["deploy"]["labels"]
+    assert labels["traefik.http.routers.app.tls.certresolver"] == ""
+    assert labels["traefik.http.routers.app.middlewares"] == "security-headers@file,body-limit@file"
+    assert local["configs"]["traefik-static"]["name"] == "berth_traefik_static_0123456789ab"
+
+
+def test_production_gets_certificates_and_hsts() -> None:
+    labels = rendered(DOMAIN="api.example.com")["services"]["app"]["deploy"]["labels"]
+    assert labels["traefik.http.routers.app.tls.certresolver"] == "letsencrypt"
+    assert labels["traefik.http.routers.app.middlewares"].startswith("hsts@file,")
+    assert labels["traefik.http.routers.app.rule"].startswith("Host(`api.example.com`)")
+
+
+def test_an_external_postgres_is_reachable_from_the_backend_network() -> None:
+    external = rendered(POSTGRES_HOST="pg.example.com")
+    assert "internal" not in external["networks"]["backend"]
+    assert external["services"]["migrate"]["environment"]["POSTGRES_HOST"] == "pg.example.com"
 
 
 def test_the_deploy_steps_each_hold_only_their_services() -> None:
