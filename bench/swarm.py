@@ -53,7 +53,11 @@ def run(rounds: int) -> dict[str, Any]:
                 loaded = under_load(stack, lambda: stack.deploy(tag))  # noqa: B023
                 assert loaded.result.returncode == 0, loaded.result.stderr
                 results["scripts/swarm deploy"].append(
-                    figures(loaded, exit_code=loaded.result.returncode)
+                    figures(
+                        loaded,
+                        exit_code=loaded.result.returncode,
+                        steps=loaded.result.stderr.splitlines(),
+                    )
                 )
                 print(f"rollout to {tag}: {results['scripts/swarm deploy'][-1]}")
             drained = drain_under_load(stack, worker_with_an_app_task(stack))
@@ -86,6 +90,10 @@ def row(method: str, rounds: list[dict[str, Any]]) -> str:
     )
 
 
+def failed_statuses(figures: dict[str, Any]) -> list[str]:
+    return sorted(status for status in figures["statuses"] if not status.startswith("2"))
+
+
 def markdown(results: dict[str, Any], when: str) -> str:
     source, single = single_server()
     drained, killed = results["node drained"], results["node killed"]
@@ -108,7 +116,10 @@ def markdown(results: dict[str, Any], when: str) -> str:
         "A Swarm deploy's seconds run from the command's start to its exit: infrastructure",
         "check, the migration job to completion, then the app rolled task by task (start-",
         "first, each new task healthy, then a 15 s monitor window) with the old task serving",
-        "10 s after SIGTERM while Traefik's 5 s poll catches up.",
+        "10 s after SIGTERM while Traefik's 5 s poll catches up. The JSON file keeps each",
+        "deploy's output, with the time each step started. The single-server row comes from",
+        "the file it names, a run at another time: compare durations only between runs on",
+        "the same, equally quiet machine.",
         "",
         "| event | failed requests | requests | slowest request, s | figures |",
         "|---|---|---|---|---|",
@@ -116,7 +127,7 @@ def markdown(results: dict[str, Any], when: str) -> str:
         f"| {drained['requests']} | {drained['slowest_seconds']:.2f} "
         f"| tasks running elsewhere after {drained['tasks_moved_seconds']} s |",
         f"| worker killed (its container stopped hard) | {killed['failed']} "
-        f"({', '.join(sorted(killed['statuses']))}) | {killed['requests']} "
+        f"({', '.join(failed_statuses(killed))}) | {killed['requests']} "
         f"| {killed['slowest_seconds']:.2f} | node seen down after "
         f"{killed['node_down_after_seconds']} s, its task replaced after "
         f"{killed['replaced_after_seconds']} s; a 5 s-timeout probe failed at "

@@ -1,7 +1,7 @@
 """Deploy Berth to a Docker Swarm, in the order Swarm itself does not keep.
 
     scripts/swarm deploy TAG     migrate with APP_IMAGE:TAG, then roll the app to it
-    scripts/swarm rollback       return the app to the version before the last deploy
+    scripts/swarm rollback       the app back to the release before (no migration)
     scripts/swarm status         where every task of the stack runs
 
 It drives the Docker CLI, so DOCKER_HOST or `docker context use` picks the manager (ssh://
@@ -22,6 +22,9 @@ Compose. `deploy` does, in order:
      monitor window; this waits for the outcome and exits non-zero after a rollback.
 `docker stack deploy` of a file re-runs every job in it, so steps 2-4 each deploy only
 their own services from the stack file (services left out of a deploy are left alone).
+`rollback` runs step 4 alone with the release before the current one (a label on the app
+service keeps its tag): the schema is never downgraded, so migrations must keep the
+previous release working (README: "Migrations during a rolling deploy").
 """
 
 from __future__ import annotations
@@ -252,13 +255,16 @@ def config_version(document: Mapping[str, Any]) -> str:
     return digest.hexdigest()[:12]
 
 
-def stack_variables(settings: Settings, tag: str, version: str) -> dict[str, str]:
-    """What compose.swarm.yaml needs beyond the operator's settings: the values Compose
-    derives with ${VAR:+...}, which the Docker CLI's stack loader does not support."""
+def stack_variables(
+    settings: Settings, tag: str, version: str, previous: str = ""
+) -> dict[str, str]:
+    """What compose.swarm.yaml needs beyond the operator's settings: the release, and the
+    values Compose derives with ${VAR:+...}, which the Docker CLI's stack loader lacks."""
     production = settings.get("DOMAIN", "localhost") != "localhost"
     return {
         "BERTH_STACK": settings.stack,
         "APP_TAG": tag,
+        "BERTH_PREVIOUS_TAG": previous,
         "BERTH_CONFIG_VERSION": version,
         "BERTH_CERT_RESOLVER": "letsencrypt" if production else "",
         "BERTH_HSTS": "hsts@file," if production else "",
@@ -372,6 +378,19 @@ def image_of(spec: Mapping[str, Any]) -> str:
     return image.split("@", 1)[0]
 
 
+def serving_tag(settings: Settings, spec: Mapping[str, Any] | None) -> str:
+    """The tag of APP_IMAGE the app runs ("" if none, or another repository)."""
+    if spec is None:
+        return ""
+    repository, _, tag = image_of(spec).rpartition(":")
+    return tag if repository == settings.image and "/" not in tag else ""
+
+
+def previous_tag(spec: Mapping[str, Any] | None) -> str:
+    labels = (spec or {}).get("Spec", {}).get("Labels", {})
+    return str(labels.get("berth.previous-tag", ""))
+
+
 def update_marker(settings: Settings) -> str:
     """When the app's last update started, as Swarm recorded it: a new value means a new
     update (compared as given, so the clocks of this machine and the manager never meet)."""
@@ -428,7 +447,8 @@ def deploy_lock(settings: Settings) -> Iterator[None]:
         yield
 
 
-def deploy(settings: Settings, tag: str, timeout: float) -> None:
+def prepare(settings: Settings, tag: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The checks every change starts with; the stack file, and the app as it runs now."""
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
         raise SwarmError(f"{tag!r} is not an image tag")
     check_manager(settings)
@@ -439,11 +459,31 @@ def deploy(settings: Settings, tag: str, timeout: float) -> None:
     else:
         say(f"Postgres runs on {check_db_node(settings)} (label {DB_LABEL}=true)")
     ensure_password_secret(settings)
-    version = config_version(document)
-    settings.environment.update(stack_variables(settings, tag, version))
     current = service_spec(settings, APP)
-    previous = image_of(current) if current else None
+    serving = serving_tag(settings, current)
+    # Redeploying the serving tag keeps the recorded previous release.
+    previous = previous_tag(current) if serving == tag else serving
+    version = config_version(document)
+    settings.environment.update(stack_variables(settings, tag, version, previous))
+    return document, current
 
+
+def roll_app(
+    settings: Settings, document: Mapping[str, Any], current: Mapping[str, Any] | None,
+    timeout: float,
+) -> None:  # fmt: skip
+    target = f"{settings.image}:{settings.environment['APP_TAG']}"
+    say(f"rolling the app to {target}" + (f" from {image_of(current)}" if current else ""))
+    before = update_marker(settings)
+    stack_deploy(settings, document, [APP])
+    wait_rollout(settings, before, timeout)
+    remove_old_configs(settings, settings.environment["BERTH_CONFIG_VERSION"])
+    placed = {t["NodeID"] for t in tasks(settings, APP) if t["Status"]["State"] == "running"}
+    say(f"done: {target} serves on {len(placed)} node(s)")
+
+
+def deploy(settings: Settings, tag: str, timeout: float) -> None:
+    document, current = prepare(settings, tag)
     services = infrastructure(document, settings)
     say(f"1/3 deploying {', '.join(services)}")
     stack_deploy(settings, document, services)
@@ -453,27 +493,19 @@ def deploy(settings: Settings, tag: str, timeout: float) -> None:
     stack_deploy(settings, document, [MIGRATE])
     wait_migration(settings, tag, timeout)
 
-    target = f"{settings.image}:{tag}"
-    say(f"3/3 rolling the app to {target}" + (f" from {previous}" if previous else ""))
-    before = update_marker(settings)
-    stack_deploy(settings, document, [APP])
-    wait_rollout(settings, before, timeout)
-    remove_old_configs(settings, version)
-    placed = {t["NodeID"] for t in tasks(settings, APP) if t["Status"]["State"] == "running"}
-    say(f"done: {target} serves on {len(placed)} node(s)")
+    say("3/3 the app")
+    roll_app(settings, document, current, timeout)
 
 
 def rollback(settings: Settings, timeout: float) -> None:
     check_manager(settings)
-    spec = service_spec(settings, APP)
-    if spec is None or not spec.get("PreviousSpec"):
-        raise SwarmError(f"{settings.service(APP)} has no previous version to return to")
-    previous = spec["PreviousSpec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
-    say(f"rolling the app back to {previous} (the schema stays as it is)")
-    before = update_marker(settings)
-    docker(settings, "service", "rollback", "--detach", settings.service(APP))
-    wait_rollout(settings, before, timeout)
-    say(f"done: {previous} serves")
+    current = service_spec(settings, APP)
+    tag = previous_tag(current)
+    if not tag:
+        raise SwarmError(f"{settings.service(APP)} has no previous release recorded")
+    say(f"rolling back to {tag}: the app only, the schema stays as it is")
+    document, current = prepare(settings, tag)
+    roll_app(settings, document, current, timeout)
 
 
 def status(settings: Settings) -> None:

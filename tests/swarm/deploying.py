@@ -103,6 +103,7 @@ class SwarmStack:
         self.settings = {
             "APP_IMAGE": f"registry:5000/{REMOTE_REPOSITORY}",
             "APP_REPLICAS": str(self.replicas),
+            "BERTH_STACK": STACK,
             "BERTH_STATE_DIR": str(self.workdir / "state"),
             **{name: f"registry:5000/{self.image(name)}" for name in SUPPORT_IMAGES},
         }

@@ -1,8 +1,8 @@
 """Berth on a real three-node Swarm: scripts/swarm deploys, rolls, refuses, and survives a
 node drained or lost, under a bounded HTTPS load (GET and POST) through Traefik.
 
-One cluster serves the six scenarios, in order: each leaves the stack as the next expects
-(v1 deployed, then v2 serving), and asserts it first.
+One cluster serves the scenarios, in order: each leaves the stack as the next expects (v1
+deployed, then v2 serving, then v1 again after the rollback), and asserts it first.
 """
 
 from __future__ import annotations
@@ -146,6 +146,28 @@ def test_a_failing_migration_changes_nothing(swarm_stack: SwarmStack) -> None:
     assert stack.psql("SELECT version_num FROM alembic_version") == "0002"
     assert stack.psql("SELECT to_regclass('half_done') IS NULL") == "t"
     report("swarm: failing migration", **figures(loaded, exit_code=result.returncode))
+
+
+def test_rollback_returns_to_the_previous_release_without_migrating(
+    swarm_stack: SwarmStack,
+) -> None:
+    stack = swarm_stack
+    assert stack.app_image_tag() == "v2"
+    migrations = len(stack.tasks("migrate"))
+
+    loaded = under_load(stack, lambda: stack.swarm("rollback"))
+
+    result = deployed(loaded)
+    assert result.returncode == 0, result.stderr
+    assert "rolling back to v1" in result.stderr
+    assert_load_held(loaded)
+    assert loaded.load.failures() == [], failures_described(loaded.load.failures())
+    assert list(iter_versions(loaded))[-10:] == ["v1"] * 10
+    assert stack.app_image_tag() == "v1"
+    # The schema stays where it was: v1 runs on v2's expanded schema; no job ran.
+    assert stack.psql("SELECT version_num FROM alembic_version") == "0002"
+    assert len(stack.tasks("migrate")) == migrations
+    report("swarm: rollback", **figures(loaded))
 
 
 def test_draining_a_node_moves_its_tasks_without_a_failed_request(

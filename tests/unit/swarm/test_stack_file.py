@@ -254,3 +254,31 @@ def test_the_command_pins_the_locked_library_versions() -> None:
     assert {name for name, _ in pins} == {"pyyaml", "python-dotenv"}
     for name, version in pins:
         assert f'name = "{name}"\nversion = "{version}"' in lock
+
+
+def app_spec(image: str, previous: str = "") -> dict[str, Any]:
+    labels = {"berth.previous-tag": previous} if previous else {}
+    return {"Spec": {"Labels": labels, "TaskTemplate": {"ContainerSpec": {"Image": image}}}}
+
+
+@pytest.mark.parametrize(
+    ("image", "tag"),
+    [
+        ("registry:5000/team/app:v2@sha256:" + "0" * 64, "v2"),
+        ("registry:5000/team/app:v2", "v2"),
+        ("registry:5000/other/app:v2", ""),  # another repository: not a release of ours
+        ("registry:5000/team/app", ""),  # no tag at all
+    ],
+)
+def test_the_serving_tag_is_read_from_the_running_spec(image: str, tag: str) -> None:
+    settings = swarm.Settings(stack="berth", environment={"APP_IMAGE": "registry:5000/team/app"})
+    assert swarm.serving_tag(settings, app_spec(image)) == tag
+
+
+def test_the_previous_release_is_a_label_of_the_app_service() -> None:
+    assert swarm.previous_tag(app_spec("r/app:v2", previous="v1")) == "v1"
+    assert swarm.previous_tag(None) == ""
+    labels = rendered(BERTH_PREVIOUS_TAG="v1")["services"]["app"]["deploy"]["labels"]
+    assert labels["berth.previous-tag"] == ""  # stack_variables sets it, not the environment
+    settings = swarm.Settings(stack="berth", environment={"APP_IMAGE": "r/app"})
+    assert swarm.stack_variables(settings, "v2", "abc", "v1")["BERTH_PREVIOUS_TAG"] == "v1"
