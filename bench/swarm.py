@@ -133,10 +133,11 @@ def markdown(results: dict[str, Any], when: str) -> str:
         f"{killed['replaced_after_seconds']} s; a 5 s-timeout probe failed at "
         f"{killed['probe_failed_at_seconds']} s after the kill |",
         "",
-        "Failed means any non-2xx answer or a connection error. On a killed node, requests",
-        "in flight get no answer and no reset: Traefik answers them 504 after its 20 s",
-        "responseHeaderTimeout, and its health check (3 s interval, 2 s timeout) stops new",
-        "requests from going there.",
+        "Failed means any non-2xx answer or a connection error. A killed node answers",
+        "nothing, not even a reset: requests in flight there get a 504 from Traefik after",
+        "its 20 s responseHeaderTimeout, and a POST sent there before Traefik's health check",
+        "(3 s interval, 2 s timeout) drops the task gets a 502 after the 3 s dial timeout (a",
+        "GET is retried on another task).",
     ]
     return "\n".join(lines) + "\n"
 

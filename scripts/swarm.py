@@ -53,7 +53,6 @@ STACK_FILE = ROOT / "compose.swarm.yaml"
 DB_LABEL = "berth.db"
 # Services with a role of their own in the deploy; every other one is infrastructure.
 MIGRATE, APP, DB = "migrate", "app", "db"
-# How many app tasks run side by side at most during a rolling update (start-first).
 RESERVED_CONNECTIONS = 10  # berth/settings.py: room for migrate, backups and psql
 POLL_SECONDS = 1.0
 FAILED_TASK_STATES = {"failed", "rejected", "orphaned"}
@@ -146,6 +145,8 @@ def docker(
         )
     except FileNotFoundError:
         raise SwarmError("the docker CLI is not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise SwarmError(f"docker {' '.join(args[:2])} gave no answer within 300s") from None
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise SwarmError(f"docker {args[0]} {args[1] if len(args) > 1 else ''}: "
