@@ -90,6 +90,14 @@ def row(method: str, rounds: list[dict[str, Any]]) -> str:
     )
 
 
+def probe_outcome(killed: dict[str, Any]) -> str:
+    failed = killed["probe_failed_at_seconds"]
+    probe = f"a probe (1 client, 5 s timeout, {killed['probe_requests']} requests)"
+    if not failed:
+        return f"{probe} never failed"
+    return f"{probe} failed at {', '.join(f'{s} s' for s in failed)} after the kill"
+
+
 def failed_statuses(figures: dict[str, Any]) -> list[str]:
     return sorted(status for status in figures["statuses"] if not status.startswith("2"))
 
@@ -130,8 +138,7 @@ def markdown(results: dict[str, Any], when: str) -> str:
         f"({', '.join(failed_statuses(killed))}) | {killed['requests']} "
         f"| {killed['slowest_seconds']:.2f} | node seen down after "
         f"{killed['node_down_after_seconds']} s, its task replaced after "
-        f"{killed['replaced_after_seconds']} s; a 5 s-timeout probe failed at "
-        f"{killed['probe_failed_at_seconds']} s after the kill |",
+        f"{killed['replaced_after_seconds']} s; {probe_outcome(killed)} |",
         "",
         "Failed means any non-2xx answer or a connection error. A killed node answers",
         "nothing, not even a reset: requests in flight there get a 504 from Traefik after",
