@@ -61,7 +61,9 @@ class Cluster:
         self.prefix = f"berth-swarm-{self.run}"
         self.outer = docker.from_env()
         self.registry_port = 0
-        self._containers: list[Container] = []
+        # Names, recorded before each container is created: a creation that fails half way
+        # still leaves something for remove() to find.
+        self._containers: list[str] = []
         self._network: docker.models.networks.Network | None = None
 
     # -- building and removing ------------------------------------------------------------
@@ -70,6 +72,7 @@ class Cluster:
             self.prefix, driver="bridge", labels={"berth.test": "swarm"}
         )
         self.registry_port = free_port()
+        self._containers.append(f"{self.prefix}-registry")
         registry = self.outer.containers.run(
             REGISTRY_IMAGE,
             name=f"{self.prefix}-registry",
@@ -77,7 +80,6 @@ class Cluster:
             ports={"5000/tcp": ("127.0.0.1", self.registry_port)},
             labels={"berth.test": "swarm"},
         )
-        self._containers.append(registry)
         self._network.connect(registry, aliases=["registry"])
         names = ["manager", *(f"worker{number}" for number in range(1, self.workers + 1))]
         containers = [self._start_node(name) for name in names]
@@ -95,6 +97,7 @@ class Cluster:
         # The Docker CLI, not docker-py: `systempaths=unconfined` is a CLI option (it clears
         # the masked and read-only /proc paths) that docker-py cannot express.
         node = f"{self.prefix}-{name}"
+        self._containers.append(node)
         subprocess.run(
             ["docker", "run", "--detach", "--name", node, "--hostname", name,
              "--network", self.prefix, "--memory", NODE_MEMORY, "--label", "berth.test=swarm",
@@ -102,9 +105,7 @@ class Cluster:
              *NODE_FLAGS, DIND_IMAGE],
             capture_output=True, text=True, check=True, timeout=60,
         )  # fmt: skip
-        container = self.outer.containers.get(node)
-        self._containers.append(container)
-        return container
+        return self.outer.containers.get(node)
 
     def _address(self, container: Container) -> str:
         container.reload()
@@ -145,9 +146,9 @@ class Cluster:
 
     def remove(self) -> None:
         """Remove nodes (with their engines' volumes), registry and network. Never raises."""
-        for container in reversed(self._containers):
+        for name in reversed(self._containers):
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                container.remove(force=True, v=True)
+                self.outer.containers.get(name).remove(force=True, v=True)
         if self._network is not None:
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 self._network.remove()
