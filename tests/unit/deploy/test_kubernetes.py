@@ -16,7 +16,7 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from app.main import create_app
 from berth.settings import ConfigError, Settings, load_settings
