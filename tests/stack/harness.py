@@ -169,6 +169,12 @@ class Stack:
             "HTTP_PORT": str(self.http_port),
             "HTTPS_PORT": str(self.https_port),
             "PROXY_SUBNET": self.subnet,
+            # Every test client reaches Traefik from one address (Docker's userland proxy
+            # on 127.0.0.1), so the per-client edge limits would count a whole test as one
+            # client: lifted here, never reached; test_edge_limits.py sets its own.
+            "EDGE_RATE_LIMIT_AVERAGE": "100000",
+            "EDGE_RATE_LIMIT_BURST": "100000",
+            "EDGE_INFLIGHT_LIMIT": "10000",
             **self.env,
         }
         self.settings = settings
