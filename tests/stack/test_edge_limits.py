@@ -168,15 +168,16 @@ def test_a_flooding_client_gets_429s_while_another_is_served_at_normal_latency(
 ) -> None:
     flooder, second = clients
     began = time.time()
-    # The second client: 10 requests a second (half the limit) for 14 s; the flood starts
-    # 4 s in and lasts 6 s, at 12 times the limit.
+    # The second client: 10 requests a second (half the limit) for 16 s. The flood starts
+    # 5 s in and lasts 7 s: 16 connections at the limit's rate each, so that even answers
+    # slowed by a busy machine cannot hold it under the limit.
     steady: list[dict[str, Any]] = []
     sender = threading.Thread(
-        target=lambda: steady.extend(second.send("GET", ITEMS, rate=10, seconds=14))
+        target=lambda: steady.extend(second.send("GET", ITEMS, rate=10, seconds=16))
     )
     sender.start()
-    time.sleep(4)
-    flood = flooder.send("GET", ITEMS, threads=4, rate=AVERAGE * 3, seconds=6)
+    time.sleep(5)
+    flood = flooder.send("GET", ITEMS, threads=16, rate=AVERAGE, seconds=7)
     sender.join(timeout=60)
     assert not sender.is_alive(), "the second client hung"
 
@@ -189,18 +190,23 @@ def test_a_flooding_client_gets_429s_while_another_is_served_at_normal_latency(
     allowed = BURST + AVERAGE * (flood_ended - flood_started)
     assert not errors, errors[:5]
     assert len(served) + len(refused) == len(flood), {sample["status"] for sample in flood}
+    latency = {
+        status: statistics.median(s["seconds"] for s in flood if s.get("status") == status)
+        for status in {s.get("status") for s in flood}
+    }
+    print(f"flood: {len(served)} served, {len(refused)} refused; median seconds {latency}")
     assert len(flood) >= 2 * allowed, f"{len(flood)} requests: not far over the limit"
     assert len(served) <= allowed * 1.1, (len(served), allowed)
     assert refused
     assert all(int(sample["retry_after"]) >= 1 for sample in refused), refused[:5]
 
     # The second client: every request served, as fast during the flood as before it.
-    assert len(steady) >= 60, len(steady)
+    assert len(steady) >= 40, len(steady)
     assert {sample.get("status") for sample in steady} == {200}, steady
     before = [s["seconds"] for s in steady if s["started"] < flood_started]
     during = [s["seconds"] for s in steady if flood_started + 0.5 < s["started"] < flood_ended]
-    assert len(before) >= 15, len(before)
-    assert len(during) >= 15, len(during)
+    assert len(before) >= 10, len(before)
+    assert len(during) >= 10, len(during)
     normal, flooded = statistics.median(before), statistics.median(during)
     print(f"second client: median {normal * 1000:.0f} ms before, {flooded * 1000:.0f} ms during")
     # Generous on purpose: both clients and TLS share this machine's CPUs; a starved client
