@@ -37,8 +37,9 @@ TEST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test-app")
 T = TypeVar("T")
 # What a fresh clone has: the working tree without local state, caches or bench results.
 NOT_IN_A_CHECKOUT = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", ".*_cache", "test-output", ".berth", ".env", "results"
-)
+    ".git", ".venv", "__pycache__", ".*_cache", "test-output", ".berth", ".env", "results",
+    "secrets",
+)  # fmt: skip
 
 
 def copy_checkout(destination: Path) -> Path:
