@@ -37,15 +37,21 @@ TEST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test-app")
 T = TypeVar("T")
 # What a fresh clone has: the working tree without local state, caches or bench results.
 NOT_IN_A_CHECKOUT = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", ".*_cache", "test-output", ".berth", ".env", "results",
-    "secrets",
-)  # fmt: skip
+    ".git", ".venv", "__pycache__", ".*_cache", "test-output", ".berth", ".env", "results"
+)
 
 
 def copy_checkout(destination: Path) -> Path:
     """A copy of this repository as a fresh clone would have it, at `destination`."""
-    shutil.copytree(ROOT, destination, ignore=NOT_IN_A_CHECKOUT)
+    shutil.copytree(ROOT, destination, ignore=_not_in_a_checkout)
     return destination
+
+
+def _not_in_a_checkout(directory: str, names: list[str]) -> set[str]:
+    ignored = set(NOT_IN_A_CHECKOUT(directory, names))
+    if Path(directory) == ROOT and "secrets" in names:
+        ignored.add("secrets")  # `make secrets` writes there; git ignores it
+    return ignored
 
 
 # Ports for test stacks come from below the kernel's ephemeral range, where nothing gets a
