@@ -3,7 +3,7 @@ COMPOSE := docker compose
 DEV := $(COMPOSE) -f compose.yaml -f compose.dev.yaml
 DEMO := $(COMPOSE) -f compose.yaml -f compose.demo.yaml
 
-.PHONY: help up dev down logs migrate makemigration test lint bench deploy backup restore demo demo-reset
+.PHONY: help up dev down logs migrate makemigration test lint bench deploy backup restore demo demo-reset secrets
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -37,6 +37,9 @@ bench: ## run the benchmark suite; results in bench/results/
 
 deploy: ## zero-downtime deploy of this checkout
 	scripts/deploy
+
+secrets: ## write production secrets to secrets/ (random, 0600); see compose.secrets.yaml
+	scripts/secrets
 
 backup: ## take a backup now
 	$(COMPOSE) exec backup backup now

@@ -7,6 +7,7 @@ initialises a volume with the wrong password or Traefik asks for a certificate.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from berth.settings import ConfigError, load_settings
@@ -27,6 +28,12 @@ def main() -> int:
         print(
             "berth: warning: using development-only defaults (no POSTGRES_PASSWORD set); "
             "fine on a laptop, refused in production",
+            file=sys.stderr,
+        )
+    if settings.production and os.environ.get("POSTGRES_PASSWORD"):
+        print(
+            "berth: warning: POSTGRES_PASSWORD is in the environment, where `docker inspect` "
+            "shows it; use `make secrets` and compose.secrets.yaml (README, Security)",
             file=sys.stderr,
         )
     return 0

@@ -11,7 +11,7 @@ import pytest
 from berth.settings import Settings
 
 # The *_IMAGE variables stay: they are how the sandbox swaps in local images.
-LEAKY_PREFIXES = ("COMPOSE_", "ACME_", "TRAEFIK_")
+LEAKY_PREFIXES = ("COMPOSE_", "ACME_", "TRAEFIK_", "EDGE_")
 LEAKY_NAMES = {
     "APP_IMAGE",
     "APP_TAG",

@@ -150,7 +150,7 @@ def test_retention_keeps_7_daily_and_4_weekly(stack: Stack) -> None:
     assert 7 <= len(kept) <= 11
     leftovers = stack.run("exec", "-T", "backup", "ls", "/backups").stdout.split()
     assert all(name.removesuffix(".meta") in kept for name in leftovers if name.endswith(".meta"))
-    stack.run("exec", "-T", "backup", "sh", "-c", "rm -f /backups/berth-*.dump*")
+    stack.run("exec", "-T", "-u", "postgres", "backup", "sh", "-c", "rm -f /backups/berth-*.dump*")
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,9 @@ def test_a_bad_backup_file_changes_nothing(stack: Stack, make: str, message: str
     assert "nothing was changed" in result.stderr
     assert names_in_db(stack) == before_names
     assert databases(stack) == before_dbs
-    stack.run("exec", "-T", "backup", "rm", "-f", "/backups/berth-19990101T000000Z.dump")
+    stack.run(
+        "exec", "-T", "-u", "postgres", "backup", "rm", "-f", "/backups/berth-19990101T000000Z.dump"
+    )
 
 
 def test_restore_is_refused_while_the_app_is_connected(stack: Stack) -> None:

@@ -162,3 +162,15 @@ def test_preflight_warns_about_development_defaults() -> None:
 def test_compose_fallback_password_is_the_refused_one() -> None:
     compose = (ROOT / "compose.yaml").read_text()
     assert f"POSTGRES_PASSWORD:-{DEV_POSTGRES_PASSWORD}}}" in compose
+
+
+def test_preflight_warns_about_a_production_password_in_the_environment(tmp_path: Path) -> None:
+    production = {"DOMAIN": "api.example.com", "ACME_EMAIL": "ops@example.com"}
+    in_environment = run_preflight(POSTGRES_PASSWORD=STRONG, **production)
+    assert in_environment.returncode == 0
+    assert "POSTGRES_PASSWORD is in the environment" in in_environment.stderr
+    secret = tmp_path / "postgres_password"
+    secret.write_text(STRONG)
+    from_file = run_preflight(POSTGRES_PASSWORD_FILE=str(secret), **production)
+    assert from_file.returncode == 0
+    assert "warning" not in from_file.stderr

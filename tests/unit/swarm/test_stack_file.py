@@ -136,6 +136,13 @@ def test_the_app_has_the_single_server_routers() -> None:
     single = {k for k in compose["services"]["app"]["labels"] if k != "traefik.docker.network"}
     labels = stack()["services"]["app"]["deploy"]["labels"]
     assert single <= set(labels)
+    # The same middleware chains, in the same order (HSTS is switched by a variable in both).
+    for router in ("app", "app-idempotent"):
+        key = f"traefik.http.routers.{router}.middlewares"
+        one_server = compose["services"]["app"]["labels"][key]
+        assert labels[key].replace("${BERTH_HSTS:-}", "") == one_server.replace(
+            "${DOMAIN:+hsts@file,}", ""
+        )
 
 
 def rendered(**settings: str) -> dict[str, Any]:
@@ -162,7 +169,9 @@ def test_the_stack_file_is_what_the_docker_cli_accepts() -> None:
     assert local["networks"]["backend"]["internal"] is True
     labels = local["services"]["app"]["deploy"]["labels"]
     assert labels["traefik.http.routers.app.tls.certresolver"] == ""
-    assert labels["traefik.http.routers.app.middlewares"] == "security-headers@file,body-limit@file"
+    # Local mode: no HSTS (it would pin localhost to HTTPS), and nothing left unexpanded.
+    assert labels["traefik.http.routers.app.middlewares"].startswith("security-headers@file,")
+    assert "$" not in labels["traefik.http.routers.app.middlewares"]
     assert local["configs"]["traefik-static"]["name"] == "berth_traefik_static_0123456789ab"
 
 
