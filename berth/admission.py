@@ -24,7 +24,7 @@ class Admission:
         self.limit = limit
         self.wait_seconds = wait_seconds
         self.running = 0
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._waiting: deque[asyncio.Future[bool]] = deque()
 
     async def enter(self) -> bool:
         """True with a slot held (give it back with `leave`), False if none freed in time."""
@@ -33,23 +33,31 @@ class Admission:
             return True
         if self.wait_seconds <= 0:
             return False
-        slot = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        # The slot's result: True when `leave` hands it over, False when the wait is over.
+        # (asyncio.wait_for could lose a cancellation that raced with the hand-over.)
+        slot: asyncio.Future[bool] = loop.create_future()
+        timer = loop.call_later(self.wait_seconds, _settle, slot, False)
         self._waiting.append(slot)
         try:
-            await asyncio.wait_for(slot, self.wait_seconds)
-        except TimeoutError:
-            return False
+            return await slot
         except asyncio.CancelledError:
-            if slot.done() and not slot.cancelled():
+            if slot.done() and not slot.cancelled() and slot.result():
                 self.leave()  # handed a slot just as the request was cancelled: pass it on
             raise
-        return True  # `leave` handed its slot straight to this request
+        finally:
+            timer.cancel()
 
     def leave(self) -> None:
         """Give the slot to the longest-waiting request, or free it."""
         while self._waiting:
             slot = self._waiting.popleft()
-            if not slot.done():  # done: timed out or cancelled meanwhile
-                slot.set_result(None)
+            if not slot.done():  # done: its wait ended, or it was cancelled
+                slot.set_result(True)
                 return
         self.running -= 1
+
+
+def _settle(slot: asyncio.Future[bool], result: bool) -> None:
+    if not slot.done():
+        slot.set_result(result)
