@@ -1,6 +1,7 @@
 """Request bodies over 1 MiB get 413 for every method that can carry one, whatever their
 framing, and a slow upload that Traefik accepted before a stop completes: the limit lives in
-the app's runtime (berth/runtime.py), so no proxy buffering holds bodies back from uvicorn."""
+the app's runtime (berth/runtime.py), so no proxy buffering holds bodies back from uvicorn.
+Past the in-flight limit, requests get a fast 503 with Retry-After, never a connection error."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.stack.faults import wait_healthy, wait_workers
+from tests.stack.faults import Load, wait_healthy, wait_workers
 from tests.stack.harness import Stack, wait_for
 
 LIMIT = 1024 * 1024
@@ -171,3 +172,36 @@ def test_slow_uploads_in_flight_complete_across_a_stop(stack: Stack) -> None:
         lambda: stack.psql(f"SELECT count(*) FROM items WHERE name IN ({names})"), timeout=10
     )
     assert count == str(SLOW_UPLOADS)
+
+
+def test_past_the_in_flight_limit_requests_get_503_with_retry_after(
+    stack_factory: Callable[..., Stack],
+) -> None:
+    """One request at a time per worker and no wait for a slot: concurrent clients find the
+    slots taken, and are told so at once."""
+    stack = stack_factory(WEB_CONCURRENCY="2", MAX_IN_FLIGHT_PER_WORKER="1", ADMISSION_WAIT_MS="0")
+    stack.up()
+    wait_workers(stack, 2)
+    refusals: list[httpx.Response] = []
+
+    def read(client: httpx.Client, worker: int, number: int) -> tuple[httpx.Response, str]:
+        response = client.get("/api/items", params={"limit": 100})
+        if response.status_code == 503:
+            refusals.append(response)
+        return response, ""
+
+    with Load(stack, request=read, clients=12, max_requests=40, max_seconds=120) as load:
+        with stack.client() as client:
+            for _ in range(40):
+                assert client.get("/health/live").status_code == 200  # never limited
+        load.join()
+    assert len(load.outcomes) == 12 * 40
+    statuses = {outcome.status for outcome in load.outcomes}
+    assert statuses == {200, 503}, statuses  # no connection errors, no other status
+    assert len(refusals) >= 12
+    for refused in refusals:
+        assert refused.headers["retry-after"] == "1"
+        assert len(refused.headers["x-request-id"]) == 32
+        assert refused.json() == {"detail": "the server is at capacity, try again shortly"}
+    slowest = max(o.seconds for o in load.outcomes if o.status == 503)
+    assert slowest < 5  # refused, not queued (the bench measures how fast: bench/overload.py)
