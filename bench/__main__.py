@@ -1,7 +1,8 @@
-"""Berth's benchmark suite: `uv run python -m bench` (about 8 minutes on 2 cores).
+"""Berth's benchmark suite: `uv run python -m bench` (about 11 minutes on 2 cores).
 
 Brings the stack up from built images, measures throughput and latency through Traefik and
-straight to the app, a raw-ASGI ceiling, start-up, the image, memory and a stop under load,
+straight to the app, the overload curve, a raw-ASGI ceiling and a bare-FastAPI floor,
+start-up, the image, memory and a stop under load,
 then tears everything down and writes bench/results/<stamp>.{json,md} and PNG plots. Load
 goes to 127.0.0.1 and to this run's own containers only, for a bounded time.
 """
@@ -9,25 +10,36 @@ goes to 127.0.0.1 and to this run's own containers only, for a bounded time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import httpx
 
-from bench import measure, report
+from bench import measure, overload, report
 from bench.load import Run, require_wrk, wrk
 from tests.stack.faults import wait_workers
-from tests.stack.harness import ROOT, TEST_IMAGE, Stack, build_test_image, free_port, wait_for
+from tests.stack.harness import (
+    ROOT,
+    TEST_IMAGE,
+    Stack,
+    build_test_image,
+    free_port,
+    release_port,
+    wait_for,
+)
 
 RESULTS = Path(__file__).parent / "results"
 IMAGE = f"{TEST_IMAGE}:latest"  # built from this checkout by build_test_image()
 RAW_APP = Path(__file__).parent / "rawapp.py"
+FASTAPI_APP = Path(__file__).parent / "fastapiapp.py"
 PATHS = {"live": "/health/live", "read": "/api/items?limit=20", "write": "/api/items"}
 
 
@@ -94,29 +106,59 @@ class Suite:
             }
         return memory
 
+    def overload(self, stack: Stack) -> dict[str, list[dict[str, Any]]]:
+        """The overload curve through Traefik, on the stack as app_stack left it (the last
+        WEB_CONCURRENCY of the list: 2 by default)."""
+        proxied = f"https://127.0.0.1:{stack.https_port}"
+        return {
+            endpoint: [
+                level.as_dict()
+                for level in overload.curve(
+                    proxied, PATHS[endpoint], endpoint=endpoint, seconds=self.seconds,
+                    host="localhost", run_id=self.run_id,
+                )
+            ]
+            for endpoint in ("read", "write")
+        }  # fmt: skip
+
     def raw_baseline(self, stack: Stack) -> None:
         """The bare ASGI app, straight (its port on 127.0.0.1) and through the same Traefik
-        (routed like the app, by labels): the second is the proxy's own ceiling."""
-        client = docker.from_env()
+        (routed like the app, by labels): the second is the proxy's own ceiling. Then the
+        bare FastAPI app, straight: what the framework itself costs, under Berth's runtime."""
         for workers in self.workers:
-            port = free_port()
-            container = client.containers.run(
-                IMAGE,
-                ["uvicorn", "rawapp:app", "--host", "0.0.0.0", "--port", "8000",
-                 "--workers", str(workers), "--no-access-log"],
-                detach=True, remove=True, network=f"{stack.project}_proxy", mem_limit="550m",
-                ports={"8000/tcp": ("127.0.0.1", port)},
-                volumes={str(RAW_APP): {"bind": "/app/rawapp.py", "mode": "ro"}},
-                labels=raw_routing(stack.project),
-            )  # fmt: skip
-            try:
-                wait_for(lambda: port_open(port), timeout=30)  # noqa: B023
+            with baseline(stack, RAW_APP, "rawapp:app", workers, routed=True) as port:
                 self.load(f"http://127.0.0.1:{port}/", "raw", "live", workers, host=None)
                 wait_for(lambda: routed(stack.https_port), timeout=30)
                 proxied = f"https://127.0.0.1:{stack.https_port}/"
                 self.load(proxied, "raw-traefik", "live", workers, host=RAW_HOST)
-            finally:
-                container.stop(timeout=5)
+            with baseline(stack, FASTAPI_APP, "fastapiapp:app", workers) as port:
+                direct = f"http://127.0.0.1:{port}/health/live"
+                self.load(direct, "fastapi", "live", workers, host=None)
+
+
+@contextlib.contextmanager
+def baseline(
+    stack: Stack, source: Path, app: str, workers: int, *, routed: bool = False
+) -> Iterator[int]:
+    """`app` from `source`, in the app image under the same uvicorn, worker count and
+    memory limit as Berth's app, on a port of 127.0.0.1 (yielded), and if `routed`, routed
+    by this stack's Traefik as RAW_HOST."""
+    port = free_port()
+    container = docker.from_env().containers.run(
+        IMAGE,
+        ["uvicorn", app, "--host", "0.0.0.0", "--port", "8000",
+         "--workers", str(workers), "--no-access-log"],
+        detach=True, remove=True, network=f"{stack.project}_proxy", mem_limit="550m",
+        ports={"8000/tcp": ("127.0.0.1", port)},
+        volumes={str(source): {"bind": f"/app/{source.name}", "mode": "ro"}},
+        labels=raw_routing(stack.project) if routed else {},
+    )  # fmt: skip
+    try:
+        wait_for(lambda: port_open(port), timeout=30)
+        yield port
+    finally:
+        container.stop(timeout=5)
+        release_port(port)
 
 
 RAW_HOST = "raw.localhost"
@@ -172,7 +214,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6, help="length of each load run")
     parser.add_argument("--workers", default="1,2", help="WEB_CONCURRENCY values")
     parser.add_argument("--concurrency", default="1,16,64", help="wrk connection counts")
-    parser.add_argument("--skip", default="", help="comma-separated: startup,image,stop")
+    parser.add_argument("--skip", default="", help="comma-separated: startup,image,stop,overload")
     args = parser.parse_args()
     require_wrk()
     skip = set(filter(None, args.skip.split(",")))
@@ -203,6 +245,8 @@ def main() -> None:
         )
         try:
             results["memory"] = suite.app_stack(stack)
+            if "overload" not in skip:
+                results["overload"] = suite.overload(stack)
             suite.raw_baseline(stack)
             results["stop"] = measure.stop_under_load(stack) if "stop" not in skip else {}
         finally:

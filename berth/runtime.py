@@ -122,12 +122,10 @@ class Runtime:
         self.admission = admission
         self.metrics = metrics
         self.deadlines = Deadlines(deadline_seconds)
-        self.too_large = _json_answer(
-            413,
-            f"request body larger than {max_body_bytes} bytes",
-            # Don't read the rest of a body nobody will use.
-            (b"connection", b"close"),
-        )
+        # The connection stays open: uvicorn reads and drops the rest of the body (Traefik's
+        # read timeout bounds it). Closing it instead made Traefik, still sending the
+        # body, answer 502 in place of the 413.
+        self.too_large = _json_answer(413, f"request body larger than {max_body_bytes} bytes")
         self.overloaded = _json_answer(
             503,
             "the server is at capacity, try again shortly",
