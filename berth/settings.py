@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     # with Retry-After (berth/admission.py). 0: the worker's database connections,
     # DB_POOL_SIZE + DB_MAX_OVERFLOW. /health/* and /metrics are never limited.
     max_in_flight_per_worker: int = Field(default=0, ge=0, le=10_000)
-    admission_wait_ms: int = Field(default=20, ge=0, le=60_000)
+    admission_wait_ms: int = Field(default=30, ge=0, le=60_000)
 
     # A worker over this resident memory restarts gracefully (0: no limit). The container's
     # limit, APP_MEMORY_LIMIT_MB, must leave room for every worker at its budget.
