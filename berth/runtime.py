@@ -7,7 +7,8 @@ For every HTTP request, in this order:
    anything runs; any other body is read here, up to the limit, before the handler runs;
 3. admission: at most `limit` requests per worker run at once (berth/admission.py); the
    rest wait briefly for a slot, then get 503 with `Retry-After`;
-4. the deadline (berth/deadline.py): a handler still running after it gets 503;
+4. the deadline (berth/deadline.py), from the moment the body is in: a request still
+   waiting or running after it gets 503;
 5. afterwards, the metrics (berth/metrics.py) and one JSON access line (berth/logs.py).
 
 One layer instead of one middleware per concern: each layer costs a coroutine, a `send`
@@ -153,7 +154,6 @@ class Runtime:
         assert request is not None
         exchange = Exchange(send, (REQUEST_ID_HEADER, request_id), request, scope)
         self.metrics.started()
-        self.deadlines.watch(exchange, started)
         try:
             await self._handle(scope, receive, exchange, declared_length, chunked)
         except asyncio.CancelledError:
@@ -199,6 +199,9 @@ class Runtime:
             except ClientGone:
                 exchange.status = 499  # nginx's "client closed request": nobody got an answer
                 return
+        # The deadline bounds the server's work from here on, not the client's upload above:
+        # Traefik's read timeout bounds that (slow clients are cut after 30 s).
+        self.deadlines.watch(exchange, time.perf_counter())
         if scope["path"].startswith(UNLIMITED_PATHS):
             await self.app(scope, receive, exchange.send)
             return

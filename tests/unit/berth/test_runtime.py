@@ -145,3 +145,33 @@ async def test_access_lines_are_the_json_the_formatter_writes(
     assert parsed["client"] is None
     assert parsed["duration_ms"] == 1.5
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", parsed["time"])
+
+
+async def test_the_deadline_starts_once_the_body_is_in(postgres: PostgresContainer) -> None:
+    """A slow upload is the client's time (Traefik's read timeout bounds it); the deadline
+    bounds the server's work, from the moment the body is in."""
+    application = build_app(settings_for(postgres, request_timeout_seconds=0.3), title="t")
+
+    @application.post("/echo")
+    async def echo(request: Request) -> dict[str, int]:
+        return {"received": len(await request.body())}
+
+    @application.post("/hang")
+    async def hang(request: Request) -> None:
+        await request.body()
+        await asyncio.sleep(30)
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            await asyncio.sleep(0.25)
+            yield b"x" * 10
+
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        uploaded = await client.post("/echo", content=slowly())
+        assert uploaded.status_code == 200
+        assert uploaded.json() == {"received": 30}
+        hung = await client.post("/hang", content=slowly())
+        assert hung.status_code == 503
+        assert hung.headers["retry-after"] == "5"
+        assert len(hung.headers["x-request-id"]) == 32
