@@ -212,7 +212,9 @@ def markdown(results: dict[str, Any], stamp: str) -> str:
         "",
         "Through Traefik over HTTPS with keep-alive, and straight to the app's port "
         "(published on 127.0.0.1 like Traefik's, so both cross Docker's port proxy; no "
-        "Traefik, no TLS). Ratio = through Traefik / direct.",
+        "Traefik, no TLS). Ratio = through Traefik / direct. These runs lift the admission "
+        "limit (MAX_IN_FLIGHT_PER_WORKER=10000) so that every request is served and timed; "
+        "the Overload section measures the default limit.",
         "",
     ]
     rows = []
