@@ -128,6 +128,9 @@ def overload_targets(curves: dict[str, list[dict[str, Any]]]) -> list[tuple[str,
     rows = []
     for endpoint, levels in curves.items():
         name = ENDPOINTS[endpoint]
+        if not levels or max(item["admitted_rps"] for item in levels) == 0:
+            rows.append((f"Overload, {name}", "no request was admitted at any level", False))
+            continue
         saturated = saturation(levels)
         overloaded = OVERLOAD_FACTOR * saturated["concurrency"]
         over = next((item for item in levels if item["concurrency"] == overloaded), None)
@@ -135,11 +138,12 @@ def overload_targets(curves: dict[str, list[dict[str, Any]]]) -> list[tuple[str,
             rows.append((f"Overload, {name}", "no level at 4x saturation was measured", False))
             continue
         at = f"{over['concurrency']} clients vs saturation at {saturated['concurrency']}"
+        tail = over["admitted_p99_ms"] / max(saturated["admitted_p99_ms"], 0.001)
         rows.append((
             f"Overload, {name}: admitted p99 <= 2x its p99 at saturation",
-            f"{over['admitted_p99_ms'] / saturated['admitted_p99_ms']:.2f}x "
+            f"{tail:.2f}x "
             f"({over['admitted_p99_ms']:.1f} vs {saturated['admitted_p99_ms']:.1f} ms; {at})",
-            over["admitted_p99_ms"] <= 2 * saturated["admitted_p99_ms"],
+            over["admitted"] > 0 and tail <= 2,
         ))  # fmt: skip
         wrong = over["refused_without_retry_after"] + over["other_status"]
         rows.append((
