@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -135,19 +134,19 @@ class Suite:
         (routed like the app, by labels): the second is the proxy's own ceiling. Then the
         bare FastAPI app, straight: what the framework itself costs, under Berth's runtime."""
         for workers in self.workers:
-            with baseline(stack, RAW_APP, "rawapp:app", workers, routed=True) as port:
+            with baseline(stack, RAW_APP, "rawapp:app", workers, "/", routed=True) as port:
                 self.load(f"http://127.0.0.1:{port}/", "raw", "live", workers, host=None)
                 wait_for(lambda: routed(stack.https_port), timeout=30)
                 proxied = f"https://127.0.0.1:{stack.https_port}/"
                 self.load(proxied, "raw-traefik", "live", workers, host=RAW_HOST)
-            with baseline(stack, FASTAPI_APP, "fastapiapp:app", workers) as port:
+            with baseline(stack, FASTAPI_APP, "fastapiapp:app", workers, "/health/live") as port:
                 direct = f"http://127.0.0.1:{port}/health/live"
                 self.load(direct, "fastapi", "live", workers, host=None)
 
 
 @contextlib.contextmanager
 def baseline(
-    stack: Stack, source: Path, app: str, workers: int, *, routed: bool = False
+    stack: Stack, source: Path, app: str, workers: int, path: str, *, routed: bool = False
 ) -> Iterator[int]:
     """`app` from `source`, in the app image under the same uvicorn, worker count and
     memory limit as Berth's app, on a port of 127.0.0.1 (yielded), and if `routed`, routed
@@ -163,7 +162,9 @@ def baseline(
         labels=raw_routing(stack.project) if routed else {},
     )  # fmt: skip
     try:
-        wait_for(lambda: port_open(port), timeout=30)
+        # An HTTP answer, not an open port: Docker's port proxy accepts connections before
+        # the app inside listens (the FastAPI baseline's workers take seconds to import).
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}{path}"), timeout=120)
         yield port
     finally:
         container.stop(timeout=5)
@@ -195,10 +196,11 @@ def routed(https_port: int) -> bool:
         return False
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def machine() -> dict[str, Any]:

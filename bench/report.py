@@ -32,6 +32,8 @@ def throughput_row(
     target: str, measured: dict[str, Any], baseline: dict[str, Any], floor: float
 ) -> tuple[str, str, bool]:
     """A target of the form "measured runs at least `floor` times the baseline's req/s"."""
+    if not baseline["rps"]:
+        return target, f"the baseline answered nothing ({baseline['errors']} errors)", False
     ratio = measured["rps"] / baseline["rps"]
     return (
         target,
