@@ -1,7 +1,8 @@
-"""Berth's benchmark suite: `uv run python -m bench` (about 8 minutes on 2 cores).
+"""Berth's benchmark suite: `uv run python -m bench` (about 11 minutes on 2 cores).
 
 Brings the stack up from built images, measures throughput and latency through Traefik and
-straight to the app, a raw-ASGI ceiling, start-up, the image, memory and a stop under load,
+straight to the app, the overload curve, a raw-ASGI ceiling and a bare-FastAPI floor,
+start-up, the image, memory and a stop under load,
 then tears everything down and writes bench/results/<stamp>.{json,md} and PNG plots. Load
 goes to 127.0.0.1 and to this run's own containers only, for a bounded time.
 """
@@ -9,26 +10,37 @@ goes to 127.0.0.1 and to this run's own containers only, for a bounded time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import httpx
 
-from bench import measure, report
+from bench import measure, overload, report
 from bench.load import Run, require_wrk, wrk
 from tests.stack.faults import wait_workers
-from tests.stack.harness import ROOT, TEST_IMAGE, Stack, build_test_image, free_port, wait_for
+from tests.stack.harness import (
+    ROOT,
+    TEST_IMAGE,
+    Stack,
+    build_test_image,
+    free_port,
+    release_port,
+    wait_for,
+)
 
 RESULTS = Path(__file__).parent / "results"
 IMAGE = f"{TEST_IMAGE}:latest"  # built from this checkout by build_test_image()
 RAW_APP = Path(__file__).parent / "rawapp.py"
+FASTAPI_APP = Path(__file__).parent / "fastapiapp.py"
 PATHS = {"live": "/health/live", "read": "/api/items?limit=20", "write": "/api/items"}
+UNLIMITED = "10000"  # MAX_IN_FLIGHT_PER_WORKER's largest value: no request is ever refused
 
 
 class Suite:
@@ -72,10 +84,13 @@ class Suite:
             )
 
     def app_stack(self, stack: Stack) -> dict[str, Any]:
+        """Throughput and latency of what the stack serves: with the admission limit lifted
+        (UNLIMITED), so that at 64 clients every request is served and timed, as in the runs
+        before admission existed. The overload curve measures the shipped limit."""
         memory: dict[str, Any] = {}
         for workers in self.workers:
             print(f"WEB_CONCURRENCY={workers}")
-            stack.set_env(WEB_CONCURRENCY=str(workers))
+            stack.set_env(WEB_CONCURRENCY=str(workers), MAX_IN_FLIGHT_PER_WORKER=UNLIMITED)
             stack.up()
             stack.run("run", "--rm", "--no-deps", "seed", "python", "-m", "app.seed", "--reset")
             wait_workers(stack, workers)
@@ -94,29 +109,66 @@ class Suite:
             }
         return memory
 
+    def overload(self, stack: Stack) -> dict[str, list[dict[str, Any]]]:
+        """The overload curve through Traefik, with the default admission limit and 2
+        workers (the defaults)."""
+        print("overload, WEB_CONCURRENCY=2, default admission limit")
+        stack.set_env(WEB_CONCURRENCY="2", MAX_IN_FLIGHT_PER_WORKER="0")
+        stack.up()
+        stack.run("run", "--rm", "--no-deps", "seed", "python", "-m", "app.seed", "--reset")
+        wait_workers(stack, 2)
+        proxied = f"https://127.0.0.1:{stack.https_port}"
+        return {
+            endpoint: [
+                level.as_dict()
+                for level in overload.curve(
+                    proxied, PATHS[endpoint], endpoint=endpoint, seconds=self.seconds,
+                    host="localhost", run_id=self.run_id,
+                )
+            ]
+            for endpoint in ("read", "write")
+        }  # fmt: skip
+
     def raw_baseline(self, stack: Stack) -> None:
         """The bare ASGI app, straight (its port on 127.0.0.1) and through the same Traefik
-        (routed like the app, by labels): the second is the proxy's own ceiling."""
-        client = docker.from_env()
+        (routed like the app, by labels): the second is the proxy's own ceiling. Then the
+        bare FastAPI app, straight: what the framework itself costs, under Berth's runtime."""
         for workers in self.workers:
-            port = free_port()
-            container = client.containers.run(
-                IMAGE,
-                ["uvicorn", "rawapp:app", "--host", "0.0.0.0", "--port", "8000",
-                 "--workers", str(workers), "--no-access-log"],
-                detach=True, remove=True, network=f"{stack.project}_proxy", mem_limit="550m",
-                ports={"8000/tcp": ("127.0.0.1", port)},
-                volumes={str(RAW_APP): {"bind": "/app/rawapp.py", "mode": "ro"}},
-                labels=raw_routing(stack.project),
-            )  # fmt: skip
-            try:
-                wait_for(lambda: port_open(port), timeout=30)  # noqa: B023
+            with baseline(stack, RAW_APP, "rawapp:app", workers, "/", routed=True) as port:
                 self.load(f"http://127.0.0.1:{port}/", "raw", "live", workers, host=None)
                 wait_for(lambda: routed(stack.https_port), timeout=30)
                 proxied = f"https://127.0.0.1:{stack.https_port}/"
                 self.load(proxied, "raw-traefik", "live", workers, host=RAW_HOST)
-            finally:
-                container.stop(timeout=5)
+            with baseline(stack, FASTAPI_APP, "fastapiapp:app", workers, "/health/live") as port:
+                direct = f"http://127.0.0.1:{port}/health/live"
+                self.load(direct, "fastapi", "live", workers, host=None)
+
+
+@contextlib.contextmanager
+def baseline(
+    stack: Stack, source: Path, app: str, workers: int, path: str, *, routed: bool = False
+) -> Iterator[int]:
+    """`app` from `source`, in the app image under the same uvicorn, worker count and
+    memory limit as Berth's app, on a port of 127.0.0.1 (yielded), and if `routed`, routed
+    by this stack's Traefik as RAW_HOST."""
+    port = free_port()
+    container = docker.from_env().containers.run(
+        IMAGE,
+        ["uvicorn", app, "--host", "0.0.0.0", "--port", "8000",
+         "--workers", str(workers), "--no-access-log"],
+        detach=True, remove=True, network=f"{stack.project}_proxy", mem_limit="550m",
+        ports={"8000/tcp": ("127.0.0.1", port)},
+        volumes={str(source): {"bind": f"/app/{source.name}", "mode": "ro"}},
+        labels=raw_routing(stack.project) if routed else {},
+    )  # fmt: skip
+    try:
+        # An HTTP answer, not an open port: Docker's port proxy accepts connections before
+        # the app inside listens (the FastAPI baseline's workers take seconds to import).
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}{path}"), timeout=120)
+        yield port
+    finally:
+        container.stop(timeout=5)
+        release_port(port)
 
 
 RAW_HOST = "raw.localhost"
@@ -144,10 +196,11 @@ def routed(https_port: int) -> bool:
         return False
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def machine() -> dict[str, Any]:
@@ -172,7 +225,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6, help="length of each load run")
     parser.add_argument("--workers", default="1,2", help="WEB_CONCURRENCY values")
     parser.add_argument("--concurrency", default="1,16,64", help="wrk connection counts")
-    parser.add_argument("--skip", default="", help="comma-separated: startup,image,stop")
+    parser.add_argument("--skip", default="", help="comma-separated: startup,image,stop,overload")
     args = parser.parse_args()
     require_wrk()
     skip = set(filter(None, args.skip.split(",")))
@@ -203,6 +256,8 @@ def main() -> None:
         )
         try:
             results["memory"] = suite.app_stack(stack)
+            if "overload" not in skip:
+                results["overload"] = suite.overload(stack)
             suite.raw_baseline(stack)
             results["stop"] = measure.stop_under_load(stack) if "stop" not in skip else {}
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench.overload import OVERLOAD_FACTOR, saturation
+
 ENDPOINTS = {
     "live": "GET /health/live",
     "read": "GET /api/items?limit=20",
     "write": "POST /api/items",
 }
 TUNING_LOG = Path(__file__).parent / "tuning.md"
-PLOTS = ("throughput", "latency", "scaling")
+RESULTS = Path(__file__).parent / "results"
+PLOTS = ("throughput", "latency", "scaling", "overload")
 
 
 def find(runs: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -28,6 +32,8 @@ def throughput_row(
     target: str, measured: dict[str, Any], baseline: dict[str, Any], floor: float
 ) -> tuple[str, str, bool]:
     """A target of the form "measured runs at least `floor` times the baseline's req/s"."""
+    if not baseline["rps"]:
+        return target, f"the baseline answered nothing ({baseline['errors']} errors)", False
     ratio = measured["rps"] / baseline["rps"]
     return (
         target,
@@ -65,6 +71,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
                     live, raw, floor=0.5,
                 )
             )  # fmt: skip
+        direct_live = find(runs, target="direct", endpoint="live", workers=workers,
+                           concurrency=64)  # fmt: skip
+        bare = find(runs, target="fastapi", endpoint="live", workers=workers, concurrency=64)
+        if direct_live and bare:
+            rows.append(
+                throughput_row(
+                    f"/health/live direct, c64, {workers} worker(s): Berth >= 0.8x bare FastAPI",
+                    direct_live, bare, floor=0.8,
+                )
+            )  # fmt: skip
         read16 = find(runs, target="traefik", endpoint="read", workers=workers, concurrency=16)
         if read16:
             ratio = read16["p99_ms"] / read16["p50_ms"]
@@ -75,6 +91,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
                     ratio <= 3,
                 )
             )
+    rows += overload_targets(results.get("overload", {}))
+    rows += deploy_targets(results)
     errors = sum(r["errors"] for r in runs)
     rows.append(
         ("Zero errors in every load run", f"{errors} errors in {len(runs)} runs", errors == 0)
@@ -105,6 +123,74 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return rows
 
 
+def overload_targets(curves: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, bool]]:
+    """Issue 15, target 2, for each curve: at OVERLOAD_FACTOR x the saturating concurrency,
+    admitted requests keep their tail, the excess is refused fast with 503 and Retry-After,
+    throughput holds, and no connection fails."""
+    rows = []
+    for endpoint, levels in curves.items():
+        name = ENDPOINTS[endpoint]
+        if not levels or max(item["admitted_rps"] for item in levels) == 0:
+            rows.append((f"Overload, {name}", "no request was admitted at any level", False))
+            continue
+        saturated = saturation(levels)
+        overloaded = OVERLOAD_FACTOR * saturated["concurrency"]
+        over = next((item for item in levels if item["concurrency"] == overloaded), None)
+        if over is None:
+            rows.append((f"Overload, {name}", "no level at 4x saturation was measured", False))
+            continue
+        at = f"{over['concurrency']} clients vs saturation at {saturated['concurrency']}"
+        tail = over["admitted_p99_ms"] / max(saturated["admitted_p99_ms"], 0.001)
+        rows.append((
+            f"Overload, {name}: admitted p99 <= 2x its p99 at saturation",
+            f"{tail:.2f}x "
+            f"({over['admitted_p99_ms']:.1f} vs {saturated['admitted_p99_ms']:.1f} ms; {at})",
+            over["admitted"] > 0 and tail <= 2,
+        ))  # fmt: skip
+        wrong = over["refused_without_retry_after"] + over["other_status"]
+        rows.append((
+            f"Overload, {name}: excess refused within 50 ms (p99) with 503 + Retry-After",
+            f"{over['refused']} refused, p99 {over['refused_p99_ms']:.1f} ms, max "
+            f"{over['refused_max_ms']:.1f} ms; {wrong} other answers or 503s without Retry-After",
+            over["refused_p99_ms"] <= 50 and wrong == 0,
+        ))  # fmt: skip
+        peak = max(item["admitted_rps"] for item in levels)
+        rows.append((
+            f"Overload, {name}: admitted throughput >= 0.9x peak",
+            f"{over['admitted_rps'] / peak:.2f}x ({over['admitted_rps']:.0f} vs "
+            f"{peak:.0f} req/s)",
+            over["admitted_rps"] >= 0.9 * peak,
+        ))  # fmt: skip
+        failed = sum(item["connection_errors"] for item in levels)
+        rows.append((f"Overload, {name}: no connection errors at any level",
+                     f"{failed} in {len(levels)} levels", failed == 0))  # fmt: skip
+    return rows
+
+
+def deploy_targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Issue 15's deploy targets, from bench.deploy's latest results and the start-up
+    figures of this run."""
+    rows = []
+    deploys = sorted(RESULTS.glob("deploy-*.json"))
+    if deploys:
+        rounds = json.loads(deploys[-1].read_text()).get("scripts/deploy", [])
+        if rounds:
+            seconds = statistics.median(item["seconds"] for item in rounds)
+            failed = sum(item["failed"] for item in rounds)
+            requests = sum(item["requests"] for item in rounds)
+            rows.append((
+                "scripts/deploy under load: median <= 10 s with 0 failed requests",
+                f"median {seconds:.1f} s, {failed} failed of {requests} "
+                f"({len(rounds)} rounds, {deploys[-1].name})",
+                seconds <= 10 and failed == 0 and requests > 0,
+            ))  # fmt: skip
+    cold = results.get("startup", {}).get("up_to_first_https_200_empty_volume_s")
+    if cold is not None:
+        rows.append(("Cold start, empty volume to the first HTTPS 200 <= 6 s",
+                     f"{cold:.1f} s", cold <= 6))  # fmt: skip
+    return rows
+
+
 def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(str(cell) for cell in row) + " |" for row in rows
@@ -132,7 +218,9 @@ def markdown(results: dict[str, Any], stamp: str) -> str:
         "",
         "Through Traefik over HTTPS with keep-alive, and straight to the app's port "
         "(published on 127.0.0.1 like Traefik's, so both cross Docker's port proxy; no "
-        "Traefik, no TLS). Ratio = through Traefik / direct.",
+        "Traefik, no TLS). Ratio = through Traefik / direct. These runs lift the admission "
+        "limit (MAX_IN_FLIGHT_PER_WORKER=10000) so that every request is served and timed; "
+        "the Overload section measures the default limit.",
         "",
     ]
     rows = []
@@ -188,8 +276,10 @@ def markdown(results: dict[str, Any], stamp: str) -> str:
     )
     lines += [
         "",
-        "Raw ASGI baseline (bench/rawapp.py: same uvicorn, workers and container limits), "
-        "straight (`raw`) and through the same Traefik with TLS (`raw-traefik`):",
+        "Baselines under the same uvicorn, workers and container limits: the raw ASGI app "
+        "(bench/rawapp.py) straight (`raw`) and through the same Traefik with TLS "
+        "(`raw-traefik`), and a bare FastAPI app with one `async def` route "
+        "(bench/fastapiapp.py) straight (`fastapi`):",
         "",
     ]
     lines += table(
@@ -205,9 +295,10 @@ def markdown(results: dict[str, Any], stamp: str) -> str:
                 r["errors"],
             ]
             for r in runs
-            if r["target"].startswith("raw")
+            if r["target"].startswith("raw") or r["target"] == "fastapi"
         ],
     )
+    lines += ["", *overload_section(results.get("overload", {}))]
     lines += ["", *(f"![{plot}]({stamp}-{plot}.png)" for plot in PLOTS), ""]
     for title, key in (("Start-up", "startup"), ("Image", "image")):
         if results.get(key):
@@ -259,6 +350,57 @@ def markdown(results: dict[str, Any], stamp: str) -> str:
     if TUNING_LOG.exists():
         lines += ["## Tuning log", "", TUNING_LOG.read_text().strip(), ""]
     return "\n".join(lines)
+
+
+def overload_section(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
+    if not curves:
+        return []
+    lines = [
+        "## Overload",
+        "",
+        "Through Traefik over HTTPS, 2 workers, closed-loop clients that send again as soon as "
+        "they have an answer (a refused client ignores Retry-After: the worst case). Admitted "
+        "= 2xx, refused = 503; each answer is timed by its X-Request-ID "
+        "(bench/wrk/overload.lua).",
+        "",
+    ]
+    rows = [
+        [ENDPOINTS[endpoint], item["concurrency"], f"{item['admitted_rps']:.0f}",
+         f"{item['admitted_p50_ms']:.1f}", f"{item['admitted_p99_ms']:.1f}", item["refused"],
+         f"{item['refused_p99_ms']:.1f}", item["other_status"], item["connection_errors"]]
+        for endpoint, levels in curves.items()
+        for item in levels
+    ]  # fmt: skip
+    header = ["request", "clients", "admitted req/s", "p50 ms", "p99 ms", "refused",
+              "refused p99 ms", "other", "connection errors"]  # fmt: skip
+    return [*lines, *table(header, rows), ""]
+
+
+def overload_plot(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    throughput, latency = axes
+    for endpoint, levels in curves.items():
+        clients = [item["concurrency"] for item in levels]
+        throughput.plot(clients, [item["admitted_rps"] for item in levels], marker="o",
+                        label=f"{ENDPOINTS[endpoint]}, admitted")  # fmt: skip
+        refused = [item["refused"] / item["seconds"] for item in levels]
+        throughput.plot(clients, refused, marker="x", linestyle=":",
+                        label=f"{ENDPOINTS[endpoint]}, refused")  # fmt: skip
+        latency.plot(clients, [item["admitted_p99_ms"] for item in levels], marker="o",
+                     label=f"{ENDPOINTS[endpoint]}, admitted p99")  # fmt: skip
+        latency.plot(clients, [item["refused_p99_ms"] for item in levels], marker="x",
+                     linestyle=":", label=f"{ENDPOINTS[endpoint]}, refused p99")  # fmt: skip
+    throughput.set(title="Offered concurrency vs throughput (through Traefik)",
+                   xlabel="concurrent clients", ylabel="req/s", xscale="log")  # fmt: skip
+    latency.set(title="Offered concurrency vs p99", xlabel="concurrent clients",
+                ylabel="p99, ms", xscale="log", yscale="log")  # fmt: skip
+    for axis in axes:
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+        else:
+            axis.text(0.5, 0.5, "not measured in this run", ha="center", transform=axis.transAxes)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
 
 
 def plots(results: dict[str, Any], directory: Path, stamp: str) -> None:
@@ -342,6 +484,7 @@ def plots(results: dict[str, Any], directory: Path, stamp: str) -> None:
         axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(directory / f"{stamp}-scaling.png", dpi=100)
+    overload_plot(results.get("overload", {}), directory / f"{stamp}-overload.png")
     plt.close("all")
 
 

@@ -55,11 +55,21 @@ def drop_if_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     nothing is caught by the statement failing instead, like with pre-ping."""
     raw = dbapi_connection.driver_connection
     try:
-        readable, _, _ = select.select([raw.pgconn.socket], [], [], 0)
+        readable = _readable(raw.pgconn.socket)
     except (OSError, ValueError, psycopg.OperationalError):
-        readable = [True]  # no usable socket at all
+        readable = True  # no usable socket at all
     if readable:
         raise DisconnectionError("the server closed this pooled connection")
+
+
+def _readable(descriptor: int) -> bool:
+    """Whether `descriptor` has something to read (or is closed), without waiting.
+    poll(2), one system call: select(2) refuses any descriptor of 1024 or more with
+    ValueError, and a worker with that many open files or sockets then discarded every
+    pooled connection it checked out."""
+    poller = select.poll()
+    poller.register(descriptor, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def connector(settings: Settings) -> Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]:

@@ -5,6 +5,7 @@ acknowledges packets, so neither TCP timeouts nor Postgres's statement_timeout e
 Cancelling the handler is not enough either, because its cleanup (a rollback on the same
 connection) hangs too. So the deadline answers 503 itself and lets the cancelled handler
 finish in the background whenever the database comes back, like Go's http.TimeoutHandler.
+The per-request timer lives in berth/runtime.py; `within` bounds a single awaitable.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope, Send
 
 log = logging.getLogger("berth.deadline")
 T = TypeVar("T")
@@ -45,60 +46,15 @@ async def within(work: Coroutine[Any, Any, T], seconds: float) -> T:
     return task.result()
 
 
-class RequestDeadline:
-    """Runs each request in its own task as usual, with a timer beside it (no extra task
-    per request: the hot path pays one timer). If the timer fires first, it answers 503
-    from a task of its own and cancels the request."""
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app = app
-        self.seconds = seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request = asyncio.current_task()
-        assert request is not None
-        response_started = False
-        answering: asyncio.Task[None] | None = None
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal response_started
-            if answering is not None:  # the client already has its 503
-                return
-            response_started |= message["type"] == "http.response.start"
-            await send(message)
-
-        def expire() -> None:
-            nonlocal answering
-            log.warning(
-                "%s %s exceeded the %ss request deadline",
-                scope.get("method"),
-                scope.get("path"),
-                self.seconds,
-            )
-            answering = asyncio.ensure_future(_no_op() if response_started else _send_timeout(send))
-            _keep(answering)
-            request.cancel()
-
-        timer = asyncio.get_running_loop().call_later(self.seconds, expire)
-        try:
-            await self.app(scope, receive, guarded_send)
-        except asyncio.CancelledError:
-            if answering is None:
-                raise  # not ours: the server is shutting down
-            request.uncancel()
-            await answering
-        finally:
-            timer.cancel()
+def log_deadline_exceeded(scope: Scope, seconds: float) -> None:
+    log.warning(
+        "%s %s exceeded the %ss request deadline", scope.get("method"), scope.get("path"), seconds
+    )
 
 
-async def _no_op() -> None:
-    return None
-
-
-async def _send_timeout(send: Send) -> None:
+async def answer_deadline_exceeded(send: Send, *headers: tuple[bytes, bytes]) -> None:
+    """The deadline's 503, sent by berth/runtime.py in place of the cancelled handler's
+    answer."""
     body = json.dumps({"detail": "the request took too long, try again shortly"}).encode()
     await send(
         {
@@ -108,6 +64,7 @@ async def _send_timeout(send: Send) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"retry-after", b"5"),
+                *headers,
             ],
         }
     )

@@ -44,6 +44,8 @@ class JSONRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        if getattr(self, "body_field", None) is None:
+            return handler  # no body to parse: no wrapper (2 us of a /health/live request)
 
         async def bounded(request: Request) -> Response:
             return await handler(_JSONRequest(request.scope, request.receive))

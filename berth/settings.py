@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     # Longer than the statement timeout, which ends slow queries with a clearer error; this
     # one ends waits that no database timeout can (see berth/deadline.py).
     request_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    # Request bodies over this get 413, whatever their method or framing (berth/runtime.py).
+    max_request_body_bytes: int = Field(default=1024 * 1024, ge=0, le=1024**3)
+    # Requests one worker runs at once; more wait ADMISSION_WAIT_MS for a slot, then get 503
+    # with Retry-After (berth/admission.py). 0: the worker's database connections,
+    # DB_POOL_SIZE + DB_MAX_OVERFLOW. /health/* and /metrics are never limited.
+    max_in_flight_per_worker: int = Field(default=0, ge=0, le=10_000)
+    admission_wait_ms: int = Field(default=30, ge=0, le=60_000)
 
     # A worker over this resident memory restarts gracefully (0: no limit). The container's
     # limit, APP_MEMORY_LIMIT_MB, must leave room for every worker at its budget.
@@ -167,6 +174,10 @@ class Settings(BaseSettings):
                     f"ACME_EMAIL must be an e-mail address in production (DOMAIN={self.domain})"
                 )
         return self
+
+    @property
+    def in_flight_per_worker(self) -> int:
+        return self.max_in_flight_per_worker or self.db_pool_size + self.db_max_overflow
 
     @property
     def production(self) -> bool:

@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.stack.faults import Load, get_items, wait_workers
+from tests.stack.faults import (
+    Load,
+    app_connections,
+    get_items,
+    kill_from_host,
+    wait_workers,
+    worker_pids,
+)
 from tests.stack.harness import Stack, wait_for
 
 WORKERS = 2
@@ -38,6 +45,11 @@ def counter(text: str, name: str, **labels: str) -> float:
         if all(f'{key}="{value}"' in line for key, value in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def gauge(text: str, name: str) -> float:
+    """A gauge without labels (the multiprocess sum of every live worker's value)."""
+    return sum(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
 def app_log_lines(stack: Stack) -> list[dict[str, Any]]:
@@ -73,6 +85,51 @@ def test_metrics_add_up_across_workers(stack: Stack) -> None:
     assert "berth_http_request_duration_seconds_bucket" in text
     assert "berth_db_pool_connections_in_use" in text
     assert "berth_http_requests_in_flight" in text
+
+
+def metric_files(stack: Stack) -> dict[str, set[int]]:
+    """Worker pids (inside the container) that have files of each kind in the metrics dir."""
+    names = stack.run("exec", "-T", "app", "ls", "/tmp/metrics").stdout.split()
+    kinds: dict[str, set[int]] = {"counter": set(), "gauge_live": set()}
+    for name in names:
+        pid = int(name.rsplit("_", 1)[1].removesuffix(".db"))
+        for kind in kinds:
+            if name.startswith(kind):
+                kinds[kind].add(pid)
+    return kinds
+
+
+def test_dead_workers_gauges_are_dropped_and_their_counters_kept(stack: Stack) -> None:
+    with Load(stack, request=get_items, clients=8, max_requests=20) as load:
+        load.join()
+    assert len(load.outcomes) == 8 * 20
+    assert load.failures() == []
+    before = metric_files(stack)
+    assert len(before["gauge_live"]) == WORKERS
+    counted = counter(scrape(stack), "berth_http_requests_total", route="/api/items")
+    victim = next(iter(worker_pids(stack)))
+    survivors = worker_pids(stack) - {victim}
+    kill_from_host(victim)
+    wait_workers(stack, WORKERS, lambda pids: victim not in pids and survivors < pids,
+                 "uvicorn to replace the killed worker")  # fmt: skip
+    with stack.client() as client:  # the new worker answers, so it has gauges too
+        wait_for(lambda: len(metric_files(stack)["gauge_live"]) > WORKERS, timeout=30)
+        for _ in range(20):
+            assert client.get("/api/items").status_code == 200
+
+    def dead_gauges_gone() -> str | None:
+        text = scrape(stack)  # a scrape removes the gauges of workers that died
+        return text if len(metric_files(stack)["gauge_live"]) == WORKERS else None
+
+    text = wait_for(dead_gauges_gone, timeout=30, what="the dead worker's gauges to go")
+    after = metric_files(stack)
+    dead = before["gauge_live"] - after["gauge_live"]
+    assert len(dead) == 1
+    assert dead <= after["counter"]  # its counters stay: what it served was served
+    assert counter(text, "berth_http_requests_total", route="/api/items") >= counted + 20
+    # The pools' gauge counts the live workers' connections only, as Postgres sees them.
+    open_gauge = gauge(text, "berth_db_pool_connections_open")
+    assert open_gauge == sum(app_connections(stack).values())
 
 
 def test_metrics_are_not_routed_publicly(stack: Stack) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bench import report
 
@@ -55,3 +58,61 @@ def test_targets_are_judged_from_the_runs(tmp_path: Path) -> None:
     for plot in report.PLOTS:
         assert (tmp_path / f"stamp-{plot}.png").stat().st_size > 1000
     assert (tmp_path / "stamp.json").exists()
+
+
+def level(concurrency: int, rps: float, p99: float, **extra: Any) -> dict[str, Any]:
+    return {"endpoint": "read", "concurrency": concurrency, "seconds": 6.0,
+            "admitted": int(rps * 6), "admitted_rps": rps, "admitted_p50_ms": p99 / 2,
+            "admitted_p99_ms": p99, "refused": 0, "refused_p99_ms": 0.0, "refused_max_ms": 0.0,
+            "refused_without_retry_after": 0, "other_status": 0, "connection_errors": 0,
+            "command": "wrk", **extra}  # fmt: skip
+
+
+def test_overload_and_fastapi_targets_are_judged(tmp_path: Path) -> None:
+    runs = [run("direct", "live", 64, 4500), run("fastapi", "live", 64, 5000)]  # 0.90x: met
+    curves = {
+        "read": [
+            level(8, 500, 40), level(16, 700, 60),  # saturation: 16 (>= 0.9 x 760)
+            level(32, 760, 80),
+            level(64, 680, 110, refused=900, refused_p99_ms=12.0),  # 0.89x peak: missed
+        ],
+        "write": [
+            level(16, 600, 50), level(64, 600, 90, refused=10, refused_p99_ms=70.0,
+                                      connection_errors=1),
+        ],
+    }  # fmt: skip
+    verdicts = {target: met for target, _, met in
+                report.targets({**results(runs), "overload": curves})}  # fmt: skip
+    assert verdicts["/health/live direct, c64, 2 worker(s): Berth >= 0.8x bare FastAPI"] is True
+    name = "GET /api/items?limit=20"
+    assert verdicts[f"Overload, {name}: admitted p99 <= 2x its p99 at saturation"] is True
+    assert verdicts[f"Overload, {name}: admitted throughput >= 0.9x peak"] is False
+    refused = "excess refused within 50 ms (p99) with 503 + Retry-After"
+    assert verdicts[f"Overload, {name}: {refused}"] is True
+    assert verdicts[f"Overload, {name}: no connection errors at any level"] is True
+    assert verdicts[f"Overload, POST /api/items: {refused}"] is False
+    assert verdicts["Overload, POST /api/items: no connection errors at any level"] is False
+
+    summary = report.write({**results(runs), "overload": curves}, tmp_path, "stamp")
+    assert "## Overload" in summary.read_text()
+
+
+def test_deploy_and_cold_start_targets_are_judged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    rounds = [{"seconds": seconds, "failed": 0, "requests": 900} for seconds in (9.0, 12.0, 8.0)]
+    (tmp_path / "deploy-2026-01-01T00-00-00.json").write_text('{"scripts/deploy": []}')
+    (tmp_path / "deploy-2026-01-02T00-00-00.json").write_text(
+        json.dumps({"scripts/deploy": rounds})
+    )
+    verdicts = {
+        target: (measured, met)
+        for target, measured, met in report.targets(
+            {**results([]), "startup": {"up_to_first_https_200_empty_volume_s": 6.4}}
+        )
+    }
+    measured, met = verdicts["scripts/deploy under load: median <= 10 s with 0 failed requests"]
+    assert met is True
+    assert measured.startswith("median 9.0 s, 0 failed of 2700")
+    assert verdicts["Cold start, empty volume to the first HTTPS 200 <= 6 s"] == ("6.4 s", False)

@@ -291,3 +291,13 @@ def test_the_previous_release_is_a_label_of_the_app_service() -> None:
     assert labels["berth.previous-tag"] == ""  # stack_variables sets it, not the environment
     settings = swarm.Settings(stack="berth", environment={"APP_IMAGE": "r/app"})
     assert swarm.stack_variables(settings, "v2", "abc", "v1")["BERTH_PREVIOUS_TAG"] == "v1"
+
+
+def test_the_app_tasks_get_every_setting_the_single_server_app_gets() -> None:
+    """A setting Compose passes to the app and the stack file forgets would silently keep
+    its default on a cluster."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    single = set(compose["x-app-image"]["environment"])
+    cluster = set(stack()["x-app-image"]["environment"])
+    # The password arrives as a Swarm secret file instead of the variable.
+    assert single - {"POSTGRES_PASSWORD"} <= cluster, single - cluster

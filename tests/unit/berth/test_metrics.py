@@ -1,0 +1,82 @@
+"""Metrics added up in memory give what prometheus_client's own calls give, and two
+scrapes at once never trip over a dead worker's files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from berth import metrics
+from berth.metrics import LATENCY, RequestMetrics, _add_to_histogram
+
+
+def test_added_up_latencies_equal_observing_each_one() -> None:
+    registry = CollectorRegistry()
+    buckets = LATENCY._upper_bounds[:-1]  # the same buckets, without +Inf
+    reference = Histogram("reference_seconds", "", ["route"], registry=registry, buckets=buckets)
+    batched = Histogram("batched_seconds", "", ["route"], registry=registry, buckets=buckets)
+    values = [0.0, 0.005, 0.0051, 0.3, 1, 14.9, 15, 99]
+    gathered = RequestMetrics()
+    for value in values:
+        reference.labels("/x").observe(value)
+        gathered.started()
+        gathered.record("GET", "/x", 200, value, None)
+    (histogram,) = gathered._latency.values()
+    _add_to_histogram(batched.labels("/x"), histogram)
+    text = generate_latest(registry).decode()
+    ours = sorted(line.replace("batched", "reference") for line in text.splitlines()
+                  if line.startswith("batched_seconds_"))  # fmt: skip
+    theirs = sorted(line for line in text.splitlines() if line.startswith("reference_seconds_")
+                    and "_created" not in line)  # fmt: skip
+    assert [line for line in ours if "_created" not in line] == theirs
+
+
+def test_a_flush_writes_counts_and_the_in_flight_gauge() -> None:
+    gathered = RequestMetrics()
+    before = metrics.REQUESTS.labels("GET", "/flushed", "200")._value.get()
+    for _ in range(3):
+        gathered.started()
+    for _ in range(2):
+        gathered.record("GET", "/flushed", 200, 0.01, None)
+    gathered.flush()
+    assert metrics.REQUESTS.labels("GET", "/flushed", "200")._value.get() == before + 2
+    assert metrics.IN_FLIGHT._value.get() == 1
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    return int(child.stdout)
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_concurrent_scrapes_never_fail_on_a_dead_workers_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, round_: int
+) -> None:
+    monkeypatch.setattr(metrics, "MULTIPROCESS_DIR", str(tmp_path))
+    pids = [dead_pid() for _ in range(40)]
+    for pid in pids:
+        for mode in ("livesum", "liveall", "livemax"):
+            (tmp_path / f"gauge_{mode}_{pid}.db").write_bytes(b"")
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def scrape() -> None:
+        start.wait()
+        try:
+            metrics.exposition()
+        except BaseException as exc:
+            errors.append(exc)
+
+    scrapers = [threading.Thread(target=scrape) for _ in range(4)]
+    for scraper in scrapers:
+        scraper.start()
+    for scraper in scrapers:
+        scraper.join()
+    assert errors == []
+    assert [name for name in os.listdir(tmp_path) if name.startswith("gauge_live")] == []
