@@ -46,22 +46,28 @@ class RequestObserver:
         request_id = _request_id(scope)
         status = 500  # what the client gets if the app raises before answering
         started = time.perf_counter()
+        # When the response's last byte went out. The deadline's 503 goes out while the
+        # abandoned handler may still be unwinding on a hung connection: the client's wait,
+        # the one to log and measure, ended here.
+        answered: float | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered = time.perf_counter()
 
         IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             IN_FLIGHT.dec()
-            seconds = time.perf_counter() - started
+            seconds = (answered or time.perf_counter()) - started
             method, route = scope["method"], _route(scope)
             REQUESTS.labels(method, route, str(status)).inc()
             LATENCY.labels(method, route).observe(seconds)
