@@ -17,6 +17,10 @@ from tests.stack.faults import report
 from tests.stack.harness import Stack, wait_for
 
 READ_TIMEOUT = 30  # entryPoints.websecure.transport.respondingTimeouts.readTimeout
+# While 100 slow clients hold connections, other clients are served: at least this many
+# requests (one every 0.2 s for 25 s sends about 100), none slower than this.
+MIN_SERVED_MEANWHILE = 50
+NOT_STARVED_SECONDS = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +147,10 @@ def test_slow_clients_are_cut_and_never_starve_other_clients(stack: Stack) -> No
     finally:
         for connection in slow:
             connection.close()
-    assert max(latencies) < 1.0
+    # Not starved: a client starved by the slow ones would wait for their cut (30 s). The
+    # slowest figure in the README is one run's measurement (bench/results/faults-*.json).
+    assert len(latencies) >= MIN_SERVED_MEANWHILE
+    assert max(latencies) < NOT_STARVED_SECONDS
     assert READ_TIMEOUT - 5 < cut_after < READ_TIMEOUT + 5
     report(
         "slow clients",

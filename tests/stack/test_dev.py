@@ -5,6 +5,7 @@ Postgres is on 127.0.0.1 only, and running the tests never touches its data."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -219,10 +221,26 @@ def test_running_the_tests_never_touches_dev_data(dev: Stack) -> None:
     assert dev.psql("SELECT count(*) FROM items") == rows_before
 
 
+def published(config: dict[str, Any]) -> dict[str, set[tuple[str, int]]]:
+    """{service: {(host address, container port)}} for every port a config publishes."""
+    return {
+        name: {(port.get("host_ip", "0.0.0.0"), port["target"]) for port in service["ports"]}
+        for name, service in config["services"].items()
+        if service.get("ports")
+    }
+
+
 def test_production_stack_is_untouched_by_the_dev_overlay(
     stack_factory: Callable[..., Stack],
 ) -> None:
-    config = stack_factory().run("config", "--format", "json").stdout
-    assert "--reload" not in config
-    assert '"internal": true' in config
-    assert "127.0.0.1:" not in config  # nothing published on a dev port
+    stack = stack_factory()
+    production = json.loads(stack.run("config", "--format", "json").stdout)
+    assert "--reload" not in production["services"]["app"]["command"]
+    assert production["networks"]["backend"]["internal"] is True
+    # Only Traefik publishes anything, and only HTTP and HTTPS: no database port.
+    assert published(production) == {"traefik": {("127.0.0.1", 80), ("127.0.0.1", 443)}}
+    # The same check on the dev overlay finds what it adds.
+    dev = json.loads(stack.run("-f", "compose.dev.yaml", "config", "--format", "json").stdout)
+    assert published(dev)["db"] == {("127.0.0.1", 5432)}
+    assert "--reload" in dev["services"]["app"]["command"]
+    assert not dev["networks"]["backend"].get("internal")
