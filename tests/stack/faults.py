@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -361,17 +361,23 @@ def socket_owners(pids: set[int]) -> dict[int, int]:
     return owners
 
 
-def app_request_seconds(stack: Stack) -> dict[str, float]:
+def app_request_seconds(stack: Stack, request_ids: Collection[str]) -> dict[str, float]:
     """{request id: seconds} from the app's own access log: how long the app took, without
-    the client's or Traefik's share."""
-    durations = {}
-    for line in stack.logs("app").splitlines():
-        if not line.startswith("{"):
-            continue
-        entry = json.loads(line)
-        if entry.get("message") == "request" and "request_id" in entry:
-            durations[entry["request_id"]] = entry["duration_ms"] / 1000
-    return durations
+    the client's or Traefik's share. Waits for every id's line (the app writes in batches)."""
+
+    def durations() -> dict[str, float] | None:
+        found = {}
+        for line in stack.logs("app").splitlines():
+            if not line.startswith("{"):
+                continue
+            entry = json.loads(line)
+            if entry.get("message") == "request" and entry.get("request_id") in request_ids:
+                found[entry["request_id"]] = entry["duration_ms"] / 1000
+        return found if len(found) == len(set(request_ids)) else None
+
+    if not request_ids:
+        return {}
+    return wait_for(durations, timeout=15, interval=0.5, what="the app's access-log lines")
 
 
 # -- reporting ---------------------------------------------------------------------------

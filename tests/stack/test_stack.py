@@ -26,6 +26,8 @@ class Startup:
     first_success: float
     # (when the answer arrived, its status) for every answer until the first success
     answers: list[tuple[float, int]]
+    db_healthy: float
+    app_healthy: float
 
 
 @pytest.fixture(scope="module")
@@ -51,45 +53,38 @@ def started(stack_factory: Callable[..., Stack]) -> tuple[Stack, Startup]:
                 time.sleep(0.05)
 
     poller = threading.Thread(target=poll)
-    began = time.time()
-    poller.start()
-    try:
-        stack.up(wait=False)
-        poller.join(timeout=120)
-    finally:
-        stop.set()
-        poller.join()
-    successes = [when for when, status in answers if status == 200]
-    assert successes, "no request through Traefik succeeded within 120 s"
-    return stack, Startup(began, successes[0], answers)
-
-
-def first_healthy(stack: Stack, service: str, since: float) -> float:
-    for when, status in stack.health_events(service, since, time.time()):
-        if status == "healthy":
-            return when
-    raise AssertionError(f"{service} never reported healthy")
+    with stack.watch_health() as health:
+        began = time.time()
+        poller.start()
+        try:
+            stack.up(wait=False)
+            poller.join(timeout=120)
+        finally:
+            stop.set()
+            poller.join()
+        successes = [when for when, status in answers if status == 200]
+        assert successes, "no request through Traefik succeeded within 120 s"
+        db_healthy = health.wait("db", "healthy")
+        app_healthy = health.wait("app", "healthy")
+    return stack, Startup(began, successes[0], answers, db_healthy, app_healthy)
 
 
 def test_startup_order(started: tuple[Stack, Startup]) -> None:
     stack, startup = started
-    db_healthy = first_healthy(stack, "db", startup.began)
     migrate = stack.state("migrate")
     app = stack.state("app")
-    app_healthy = first_healthy(stack, "app", startup.began)
 
     assert migrate["ExitCode"] == 0
-    assert db_healthy < parse_docker_time(migrate["StartedAt"])
+    assert startup.db_healthy < parse_docker_time(migrate["StartedAt"])
     assert parse_docker_time(migrate["FinishedAt"]) < parse_docker_time(app["StartedAt"])
-    assert app_healthy < startup.first_success
+    assert startup.app_healthy < startup.first_success
 
 
 def test_traefik_answers_404_until_the_app_is_healthy(started: tuple[Stack, Startup]) -> None:
     """Traefik has no route to an app that is not healthy yet: 404, never a 502 from a
     half-started app, and never the app's own answer."""
-    stack, startup = started
-    app_healthy = first_healthy(stack, "app", startup.began)
-    before = [status for when, status in startup.answers if when < app_healthy]
+    _, startup = started
+    before = [status for when, status in startup.answers if when < startup.app_healthy]
     assert before, "Traefik gave no answer before the app was healthy"
     assert set(before) == {404}, before
     assert all(status in (200, 404) for _, status in startup.answers), startup.answers
@@ -209,7 +204,8 @@ def test_tls_1_2_accepts_only_the_configured_forward_secret_aead_suites(
     # the certificate served is accepted, and nothing else.
     key_types = {"RSA" if "-RSA-" in suite else "ECDSA" for suite in accepted}
     assert len(key_types) == 1, sorted(accepted)
-    usable = {name for name in CONFIGURED_SUITES.values() if f"-{key_types.pop()}-" in name}
+    key_type = key_types.pop()
+    usable = {name for name in CONFIGURED_SUITES.values() if f"-{key_type}-" in name}
     assert accepted == usable, sorted(accepted)
     assert all(forward_secret_aead(suite) for suite in accepted)
     # Named refusals, for the record: CBC with ECDHE, and RSA key exchange with GCM.
