@@ -176,6 +176,21 @@ class Load:
     def successes_after(self, moment: float) -> int:
         return sum(outcome.ok and outcome.started > moment for outcome in self.outcomes)
 
+    def keep_until(self, requests: int, timeout: float = 120) -> None:
+        """Keep the load running until it has sent `requests` in all (bounded by `timeout`):
+        on a busy machine a fixed time can fall short of the count a test asserts."""
+
+        def enough() -> bool:
+            running = any(thread.is_alive() for thread in self._threads)
+            return len(self.outcomes) >= requests or not running or self._stop.is_set()
+
+        wait_for(
+            enough,
+            timeout=timeout,
+            interval=0.1,
+            what=f"{requests} requests",
+        )
+
     def assert_no_failures(self, *, min_requests: int) -> None:
         """The claim "0 of N requests failed", whole: every client ran to its end, at
         least `min_requests` were sent, and every one of them succeeded. Call it after
@@ -258,6 +273,16 @@ def wait_workers(
         return pids if len(pids) == count and settled(pids) else None
 
     return wait_for(ready, timeout=30, what=what)
+
+
+def pause(stack: Stack, service: str, attempts: int = 5) -> None:
+    """`docker compose pause`, retried: on a busy machine the kernel's freezer can miss
+    runc's deadline ("unable to freeze"), and runc thaws the container again."""
+    for attempt in range(1, attempts + 1):
+        result = stack.run("pause", service, check=attempt == attempts)
+        if result.returncode == 0:
+            return
+        time.sleep(0.5)
 
 
 def bring_back_db(stack: Stack) -> float:

@@ -15,6 +15,7 @@ import pytest
 from berth.settings import Settings
 from tests.stack.faults import (
     Load,
+    Outcome,
     Request,
     app_connections,
     app_request_seconds,
@@ -24,6 +25,7 @@ from tests.stack.faults import (
     host_pid,
     kill_from_host,
     mixed,
+    pause,
     report,
     requests_waiting_on_locks,
     summary,
@@ -31,7 +33,7 @@ from tests.stack.faults import (
     wait_workers,
     worker_pids,
 )
-from tests.stack.harness import Stack, wait_for
+from tests.stack.harness import Stack, parse_docker_time, wait_for
 
 OUTAGE_SECONDS = 15
 FREEZE_SECONDS = 20
@@ -121,6 +123,7 @@ def test_a_killed_worker_is_replaced_and_traefik_retries_its_requests(healthy: S
         replacements = wait_for(replacement, timeout=30, interval=0.05, what="a new worker")
         replaced_after = time.time() - killed_at
         time.sleep(3)
+        load.keep_until(MIN_REQUESTS)
     assert victim not in worker_pids(stack)
     assert len(replacements) == 1
     load.assert_no_failures(min_requests=MIN_REQUESTS)
@@ -158,23 +161,31 @@ def test_a_crashed_app_container_restarts_by_itself(healthy: Stack) -> None:
             what="Docker to restart the app",
         )
         healthy_at = health.wait("app", "healthy", after=killed_at, timeout=90)
+        restarted_at = parse_docker_time(stack.state("app")["StartedAt"])
+        # The first request the restarted container served (one sent in the instant after
+        # the kill can still meet a dying worker).
         serving = wait_for(
-            lambda: next((o for o in load.outcomes if o.ok and o.started > killed_at), None),
+            lambda: next((o for o in load.outcomes if o.ok and o.started > restarted_at), None),
             timeout=30,
             interval=0.1,
-            what="a request served after the crash",
+            what="a request served after the restart",
         )
         time.sleep(3)
+        load.keep_until(len(load.outcomes) + MIN_REQUESTS_AFTER_RECOVERY)
     assert stack.state("app")["Status"] == "running"
     failures = load.failures()
+
+    def timeline(outcomes: list[Outcome]) -> list[tuple[float, int | None]]:
+        return [(round(o.started - killed_at, 2), o.status) for o in outcomes]
+
     # Clients see the restart as Traefik's 502 (routed to the dead container) or 404 (no
     # healthy app to route to), only between the crash and the first request served...
-    assert {f.status for f in failures} <= {404, 502}, failures
-    assert all(killed_at - 1 <= f.started <= serving.ended for f in failures), failures
+    assert {f.status for f in failures} <= {404, 502}, timeline(failures)
+    assert all(killed_at - 1 <= f.started <= serving.ended for f in failures), timeline(failures)
     # ...and every request after that succeeds.
     after = [o for o in load.outcomes if o.started > serving.ended]
     assert len(after) >= MIN_REQUESTS_AFTER_RECOVERY
-    assert all(o.ok for o in after), [o for o in after if not o.ok]
+    assert all(o.ok for o in after), timeline([o for o in after if not o.ok])
     report(
         "app container killed",
         healthy_after_seconds=round(healthy_at - killed_at, 2),
@@ -201,6 +212,7 @@ def test_database_outage_gives_fast_503s_and_heals_without_restart(healthy: Stac
         came_back = time.time()
         recovered = bring_back_db(stack)
         time.sleep(2)
+        load.keep_until(MIN_REQUESTS)
     assert ready.json()["status"] == "not ready"
     assert ready.json()["reason"].startswith("database unavailable")
     assert len(load.outcomes) >= MIN_REQUESTS
@@ -239,7 +251,7 @@ def test_frozen_database_answers_503_at_the_deadline(healthy: Stack) -> None:
     with Load(stack, request=mixed, clients=4, max_seconds=90, timeout=40) as load:
         time.sleep(2)
         frozen_at = time.time()
-        stack.run("pause", "db")
+        pause(stack, "db")
         time.sleep(FREEZE_SECONDS)  # longer than the request deadline
         thawed_at = time.time()
         stack.run("unpause", "db")
@@ -247,6 +259,7 @@ def test_frozen_database_answers_503_at_the_deadline(healthy: Stack) -> None:
             wait_for(lambda: client.get("/health/ready").status_code == 200, timeout=30)
         recovered = time.time()
         time.sleep(2)
+        load.keep_until(MIN_REQUESTS)
     assert len(load.outcomes) >= MIN_REQUESTS
     failures = load.failures()
     app_seconds = app_request_seconds(stack, [failure.request_id for failure in failures])
@@ -289,6 +302,11 @@ def test_acknowledged_writes_survive_a_database_crash(healthy: Stack) -> None:
         time.sleep(3)
         recovered = bring_back_db(stack)
         time.sleep(3)
+        wait_for(
+            lambda: sum(outcome.status == 201 for outcome in load.outcomes) >= MIN_REQUESTS,
+            timeout=120,
+            what=f"{MIN_REQUESTS} acknowledged writes",
+        )
     acknowledged = [outcome.tag for outcome in load.outcomes if outcome.status == 201]
     assert len(acknowledged) >= MIN_REQUESTS
     assert load.successes_after(recovered) > 0
@@ -326,8 +344,15 @@ def test_host_reboot_app_first_waits_for_the_database(healthy: Stack) -> None:
     stack.container("traefik").start()
     stack.container("app").start()
     with stack.client() as client:
+
+        def not_ready() -> bool:
+            try:
+                return client.get("/health/ready").status_code == 503
+            except httpx.TransportError:  # Traefik still starting: no TLS yet
+                return False
+
         # Alive, healthy and routed while the db is down: Traefik only routes healthy apps.
-        wait_for(lambda: client.get("/health/ready").status_code == 503, timeout=60)
+        wait_for(not_ready, timeout=60, what="the app routed, and not ready")
         for _ in range(10):  # about 10 s with no database
             ready = client.get("/health/ready")
             assert ready.status_code == 503
@@ -357,6 +382,7 @@ def test_failing_migration_deployed_in_order_leaves_the_app_serving(healthy: Sta
         # Even a plain `up` with the failing migration must not take the app down.
         up = stack.run(*failing, "up", "--detach", check=False)
         time.sleep(2)
+        load.keep_until(MIN_REQUESTS)
     assert migration.returncode != 0
     assert "berth: migration failed: revision 0002 raised DataError" in migration.stderr
     assert up.returncode != 0
