@@ -202,7 +202,7 @@ def test_tls_1_2_accepts_only_the_configured_forward_secret_aead_suites(
     assert len(offered) > 100  # the weak suites were really tried
     # A suite names the certificate's key type (RSA or ECDSA): every configured suite for
     # the certificate served is accepted, and nothing else.
-    key_types = {"RSA" if "-RSA-" in suite else "ECDSA" for suite in accepted}
+    key_types = {"ECDSA" if "-ECDSA-" in suite else "RSA" for suite in accepted}
     assert len(key_types) == 1, sorted(accepted)
     key_type = key_types.pop()
     usable = {name for name in CONFIGURED_SUITES.values() if f"-{key_type}-" in name}
