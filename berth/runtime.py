@@ -163,7 +163,9 @@ class Runtime:
             await exchange.answering
         finally:
             self.deadlines.release(exchange)
-            seconds = time.perf_counter() - started
+            # To the response's last byte: after the deadline's 503 the abandoned handler may
+            # still be unwinding on a hung connection, but the client's wait ended there.
+            seconds = (exchange.answered or time.perf_counter()) - started
             method = scope["method"]
             route = getattr(scope.get("route"), "path", None)
             self.metrics.record(method, route, exchange.status, seconds, exchange.refused)
@@ -254,6 +256,7 @@ class Exchange:
 
     __slots__ = (
         "_send",
+        "answered",
         "answering",
         "id_header",
         "refused",
@@ -274,6 +277,7 @@ class Exchange:
         self.started = False
         self.refused: str | None = None
         self.answering: asyncio.Future[None] | None = None
+        self.answered: float | None = None  # when the response's last byte went out
 
     async def send(self, message: Message) -> None:
         if self.answering is not None:  # the client already has the deadline's 503
@@ -283,6 +287,8 @@ class Exchange:
             self.status = message["status"]
             message = {**message, "headers": [*message.get("headers", ()), self.id_header]}
         await self._send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            self.answered = time.perf_counter()
 
     async def answer(self, messages: Iterable[Message], refused: str) -> None:
         self.refused = refused
@@ -299,3 +305,4 @@ class Exchange:
     async def _answer_timeout(self) -> None:
         self.status = 503
         await answer_deadline_exceeded(self._send, self.id_header)
+        self.answered = time.perf_counter()

@@ -8,6 +8,7 @@ test's stack. `down -v` runs however the test ends (Ryuk is off here).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import os
 import random
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -301,10 +303,19 @@ class Stack:
     def logs(self, service: str) -> str:
         return self.run("logs", "--no-log-prefix", "--no-color", service).stdout
 
+    def watch_health(self) -> HealthWatch:
+        """Collect this stack's health_status events from now on, as they happen."""
+        return HealthWatch(self)
+
     def health_events(
         self, service: str, since: float, until: float
     ) -> Iterator[tuple[float, str]]:
-        """(time, status) of each health_status event of the service's containers."""
+        """(time, status) of each health_status event of the service's containers.
+
+        Only for a moment a few seconds back: Docker answers `since` from the last 256
+        events it keeps, engine-wide, and every healthcheck probe adds three (exec create,
+        start, die). On a busy engine, a stack's start-up is gone within a minute; use
+        `watch_health` from before the moment instead."""
         ids = {container.id for container in self.containers(service)}
         events = self.docker.events(
             since=int(since) - 1,
@@ -357,3 +368,54 @@ def build_test_image(root: Path = ROOT, image: str = TEST_IMAGE) -> None:
         check=True,
         timeout=900,
     )
+
+
+class HealthWatch:
+    """A stack's health_status events, read live from the engine's event stream by a
+    thread, from creation until `close`: [(time, service, status)]."""
+
+    def __init__(self, stack: Stack) -> None:
+        self._stream = stack.docker.events(
+            filters={
+                "type": "container",
+                "event": "health_status",
+                "label": f"com.docker.compose.project={stack.project}",
+            },
+            decode=True,
+        )
+        self.events: list[tuple[float, str, str]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(Exception):  # the stream ends with an error on close
+            for event in self._stream:
+                service = event["Actor"]["Attributes"].get("com.docker.compose.service", "")
+                status = event["status"].split(":", 1)[1].strip()
+                self.events.append((event["timeNano"] / 1e9, service, status))
+
+    def first(self, service: str, status: str, after: float = 0.0) -> float | None:
+        """When `service` first reported `status` after `after`, if it has."""
+        return next(
+            (when for when, name, said in list(self.events)
+             if name == service and said == status and when > after),
+            None,
+        )  # fmt: skip
+
+    def wait(self, service: str, status: str, after: float = 0.0, timeout: float = 30) -> float:
+        return wait_for(
+            lambda: self.first(service, status, after),
+            timeout=timeout,
+            interval=0.1,
+            what=f"{service} to report {status}",
+        )
+
+    def close(self) -> None:
+        self._stream.close()
+        self._reader.join(timeout=5)
+
+    def __enter__(self) -> HealthWatch:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

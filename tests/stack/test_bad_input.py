@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -17,6 +18,10 @@ from tests.stack.faults import report
 from tests.stack.harness import Stack, wait_for
 
 READ_TIMEOUT = 30  # entryPoints.websecure.transport.respondingTimeouts.readTimeout
+# While most of the 100 slow clients hold their connections (about 25 s), other clients
+# are served: at least this many requests, none slower than this.
+MIN_SERVED_MEANWHILE = 25
+NOT_STARVED_SECONDS = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -120,40 +125,54 @@ def test_slow_clients_are_cut_and_never_starve_other_clients(stack: Stack) -> No
         b"POST /api/items HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b'Content-Length: 100000\r\n\r\n{"name"'
     )
-    # Traefik's read timeout runs for each connection from its own start, and opening 100
-    # TLS connections takes seconds on a busy machine (15 s and more was seen): "not cut
-    # too early" counts from the first, "cut in time" from the last.
-    opened = time.monotonic()
-    slow = [slow_socket(stack.https_port, partial_headers) for _ in range(60)]
-    slow += [slow_socket(stack.https_port, partial_body) for _ in range(40)]
-    last_opened = time.monotonic()
+    payloads = [partial_headers] * 60 + [partial_body] * 40
+    # Each with the moment it was opened: its read timeout runs from there.
+    slow_since: list[tuple[ssl.SSLSocket, float]] = []
     latencies = []
+
+    def open_slow(first_bytes: bytes) -> None:
+        connection = slow_socket(stack.https_port, first_bytes)
+        slow_since.append((connection, time.monotonic()))  # atomic: one append
+
     try:
+        # In parallel: one after the other, 100 TLS handshakes took 19-25 s on a loaded
+        # machine, and the first ones neared their cut before the last was open.
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            list(pool.map(open_slow, payloads))
+        slow = [connection for connection, _ in slow_since]
+        opened = [at for _, at in slow_since]
+        last_opened = max(opened)
+        # Serve other requests, and note when each slow connection is cut, until all are.
+        cut_at: dict[int, float] = {}
         with stack.client() as client:
-            while time.monotonic() - opened < READ_TIMEOUT - 5:
+            while len(cut_at) < len(slow) and time.monotonic() < last_opened + READ_TIMEOUT + 10:
+                held = len(slow) - len(cut_at)
                 started = time.monotonic()
                 assert client.get("/api/items?limit=1").status_code == 200
-                latencies.append(time.monotonic() - started)
+                if held >= len(slow) // 2:  # served while most slow clients held on
+                    latencies.append(time.monotonic() - started)
+                for number, connection in enumerate(slow):
+                    if number not in cut_at and is_cut(connection):
+                        cut_at[number] = time.monotonic()
                 if len(latencies) % 25 == 0:
-                    dribble(slow)
-                time.sleep(0.2)
-        assert not any(is_cut(connection) for connection in slow)  # not cut too early
-        wait_for(
-            lambda: all(is_cut(connection) for connection in slow),
-            timeout=last_opened + READ_TIMEOUT + 5 - time.monotonic(),
-            interval=0.5,
-            what="Traefik to cut the slow clients",
-        )
-        cut_after = time.monotonic() - last_opened
+                    dribble([c for number, c in enumerate(slow) if number not in cut_at])
+                time.sleep(0.1)
     finally:
-        for connection in slow:
+        for connection, _ in slow_since:
             connection.close()
-    assert max(latencies) < 1.0
-    assert READ_TIMEOUT - 5 < cut_after < READ_TIMEOUT + 5
+    assert len(cut_at) == len(slow), f"{len(slow) - len(cut_at)} slow clients never cut"
+    # Each cut by the read timeout on its own clock: not early, not late.
+    held_for = [cut_at[number] - at for number, at in enumerate(opened)]
+    assert all(READ_TIMEOUT - 5 < seconds < READ_TIMEOUT + 5 for seconds in held_for), held_for
+    # Not starved: a client starved by the slow ones would wait for their cut (30 s). The
+    # slowest figure in the README is one run's measurement (bench/results/faults-*.json).
+    assert len(latencies) >= MIN_SERVED_MEANWHILE
+    assert max(latencies) < NOT_STARVED_SECONDS
     report(
         "slow clients",
         slow_connections=len(slow),
         served_meanwhile=len(latencies),
         slowest_meanwhile_seconds=round(max(latencies), 3),
-        cut_after_seconds=round(cut_after, 1),
+        cut_after_seconds=[round(min(held_for), 1), round(max(held_for), 1)],
+        opening_them_took_seconds=round(last_opened - min(opened), 1),
     )

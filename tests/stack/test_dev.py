@@ -5,6 +5,7 @@ Postgres is on 127.0.0.1 only, and running the tests never touches its data."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -14,15 +15,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
+import httpx
 import pytest
 
 from berth.settings import DEV_POSTGRES_PASSWORD
 from tests.stack.deploying import version_answer
+from tests.stack.faults import report
 from tests.stack.harness import ROOT, TEST_IMAGE, Stack, copy_checkout, free_port, wait_for
 
-RELOAD_BOUND_SECONDS = 10
+# Guards that a reload or rebuild happens at all, not speed claims: the README's timings are
+# one run's measurements, recorded in the fault report (see tests/stack/faults.py).
+RELOAD_BOUND_SECONDS = 30
 REBUILD_BOUND_SECONDS = 180
 
 
@@ -37,9 +43,12 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def api_title(stack: Stack) -> str | None:
     """The title in the OpenAPI document served through Traefik."""
-    with stack.client(timeout=5) as client:
-        response = client.get("/openapi.json")
-        return str(response.json()["info"]["title"]) if response.status_code == 200 else None
+    try:
+        with stack.client(timeout=5) as client:
+            response = client.get("/openapi.json")
+    except httpx.TransportError:  # uvicorn restarting the worker after the edit
+        return None
+    return str(response.json()["info"]["title"]) if response.status_code == 200 else None
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +82,7 @@ def test_an_edit_is_served_within_seconds_without_a_rebuild(dev: Stack, checkout
     assert after.image.id == before.image.id  # not rebuilt
     assert after.attrs["State"]["StartedAt"] == before.attrs["State"]["StartedAt"]
     assert "StatReload detected changes in 'app/main.py'" in dev.logs("app")
-    print(f"edit served after {served_after:.2f}s")
+    report("dev: an edit served", seconds=round(served_after, 2))
 
 
 @pytest.fixture
@@ -166,12 +175,15 @@ def test_a_dependency_change_rebuilds_the_image(
                 app.reload()
             except (ValueError, docker.errors.NotFound):  # mid-swap: none, or two
                 return False
-            return (
-                app.id != before.id
-                and app.attrs["State"].get("Health", {}).get("Status") == "healthy"
-                and imports(stack, "six")
-                and version_answer(stack) == "latest"
-            )
+            try:
+                return (
+                    app.id != before.id
+                    and app.attrs["State"].get("Health", {}).get("Status") == "healthy"
+                    and imports(stack, "six")
+                    and version_answer(stack) == "latest"
+                )
+            except httpx.TransportError:  # Traefik mid-swap between the two containers
+                return False
 
         try:
             wait_for(rebuilt_and_serving, timeout=REBUILD_BOUND_SECONDS, interval=1)
@@ -180,7 +192,7 @@ def test_a_dependency_change_rebuilds_the_image(
         rebuilt_after = time.monotonic() - changed_at
         after = stack.container("app")
         assert after.image.id != before.image.id
-        print(f"dependency change served after {rebuilt_after:.1f}s")
+        report("dev: a dependency added and served", seconds=round(rebuilt_after, 1))
     finally:
         watcher.stop()
         stack.down()  # before own_image's clean-up: a running container holds its image
@@ -219,10 +231,26 @@ def test_running_the_tests_never_touches_dev_data(dev: Stack) -> None:
     assert dev.psql("SELECT count(*) FROM items") == rows_before
 
 
+def published(config: dict[str, Any]) -> dict[str, set[tuple[str, int]]]:
+    """{service: {(host address, container port)}} for every port a config publishes."""
+    return {
+        name: {(port.get("host_ip", "0.0.0.0"), port["target"]) for port in service["ports"]}
+        for name, service in config["services"].items()
+        if service.get("ports")
+    }
+
+
 def test_production_stack_is_untouched_by_the_dev_overlay(
     stack_factory: Callable[..., Stack],
 ) -> None:
-    config = stack_factory().run("config", "--format", "json").stdout
-    assert "--reload" not in config
-    assert '"internal": true' in config
-    assert "127.0.0.1:" not in config  # nothing published on a dev port
+    stack = stack_factory()
+    production = json.loads(stack.run("config", "--format", "json").stdout)
+    assert "--reload" not in production["services"]["app"]["command"]
+    assert production["networks"]["backend"]["internal"] is True
+    # Only Traefik publishes anything, and only HTTP and HTTPS: no database port.
+    assert published(production) == {"traefik": {("127.0.0.1", 80), ("127.0.0.1", 443)}}
+    # The same check on the dev overlay finds what it adds.
+    dev = json.loads(stack.run("-f", "compose.dev.yaml", "config", "--format", "json").stdout)
+    assert published(dev)["db"] == {("127.0.0.1", 5432)}
+    assert "--reload" in dev["services"]["app"]["command"]
+    assert not dev["networks"]["backend"].get("internal")

@@ -5,32 +5,50 @@ Tests share one stack for speed; `healthy` brings it back to full health before 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
 import httpx
 import pytest
 
+from berth.settings import Settings
 from tests.stack.faults import (
     Load,
+    Outcome,
+    Request,
     app_connections,
+    app_request_seconds,
     bring_back_db,
     create_item,
     get_items,
     host_pid,
     kill_from_host,
     mixed,
+    pause,
     report,
+    requests_waiting_on_locks,
     summary,
-    wait_healthy,
+    table_locked,
     wait_workers,
     worker_pids,
 )
-from tests.stack.harness import Stack, wait_for
+from tests.stack.harness import Stack, parse_docker_time, wait_for
 
 OUTAGE_SECONDS = 15
-CONNECT_TIMEOUT = 3  # DB_CONNECT_TIMEOUT_SECONDS's default
+FREEZE_SECONDS = 20
 WORKERS = 2
+DEFAULTS = Settings.model_fields
+CONNECT_TIMEOUT = DEFAULTS["db_connect_timeout_seconds"].default
+REQUEST_DEADLINE = DEFAULTS["request_timeout_seconds"].default
+POOL_PER_WORKER = DEFAULTS["db_pool_size"].default + DEFAULTS["db_max_overflow"].default
+DEADLINE_ANSWER = {"detail": "the request took too long, try again shortly"}
+DATABASE_UNAVAILABLE = {"detail": "database unavailable, try again shortly"}
+# How late an asyncio timer may fire in a worker on a busy 2-core machine.
+TIMER_SLACK = 0.25
+# Every load here sends far more than this; fewer means the load itself went wrong.
+MIN_REQUESTS = 100
+MIN_REQUESTS_AFTER_RECOVERY = 20
 
 
 @pytest.fixture(scope="module")
@@ -53,59 +71,126 @@ def healthy(stack: Stack) -> Stack:
     return stack
 
 
-def test_a_killed_worker_is_replaced_and_only_its_requests_fail(healthy: Stack) -> None:
+def deleting(ids: list[list[int]]) -> Request:
+    """Every other request a DELETE of one of this client's own items, the rest GETs: both
+    go through the idempotent router, which retries them. Go's HTTP transport inside
+    Traefik replays a GET on its own when a reused connection dies, but never a DELETE:
+    only the retry middleware saves a DELETE that was on a killed worker."""
+
+    def request(client: httpx.Client, worker: int, number: int) -> tuple[httpx.Response, str]:
+        if number % 2 == 0:
+            return get_items(client, worker, number)
+        item_id = ids[worker][number // 2]
+        return client.delete(f"/api/items/{item_id}"), str(item_id)
+
+    return request
+
+
+def seed_items(stack: Stack, prefix: str, count: int) -> list[int]:
+    rows = stack.psql(
+        f"INSERT INTO items (name, price) SELECT '{prefix}-' || n, 1 "
+        f"FROM generate_series(1, {count}) AS n RETURNING id"
+    )
+    return [int(row) for row in rows.split()]
+
+
+def test_a_killed_worker_is_replaced_and_traefik_retries_its_requests(healthy: Stack) -> None:
+    """The kill lands while requests are provably on the worker: a table lock holds every
+    request in the database, and the victim is a worker with a DELETE waiting there."""
     stack = healthy
+    clients, per_client = 8, 400
+    ids = seed_items(stack, f"doomed-{time.time_ns()}", clients * per_client // 2)
+    own_ids = [ids[client::clients] for client in range(clients)]
     before = worker_pids(stack)
 
     def replacement() -> set[int] | None:
         now = worker_pids(stack)
-        return now - before if len(now) == WORKERS else None
+        return now - before if len(now) == WORKERS and now != before else None
 
-    with Load(stack, request=get_items, clients=4, max_seconds=40) as load:
+    def worker_with_a_waiting_delete() -> tuple[int, list[str]] | None:
+        waiting = requests_waiting_on_locks(stack)
+        return next(((pid, q) for pid, q in waiting.items() if "DELETE" in q), None)
+
+    load = Load(stack, deleting(own_ids), clients=clients, max_requests=per_client)
+    with load:
         time.sleep(2)
-        victim = min(before)
-        killed_at = time.time()
-        kill_from_host(victim)
-        replacements = wait_for(
-            replacement,
-            timeout=20,
-            interval=0.05,
-            what="a new worker",
-        )
+        with table_locked(stack):  # released well inside DB_STATEMENT_TIMEOUT_MS (10 s)
+            victim, waiting = wait_for(
+                worker_with_a_waiting_delete, timeout=6, interval=0.1, what="a waiting DELETE"
+            )
+            killed_at = time.time()
+            kill_from_host(victim)
+        replacements = wait_for(replacement, timeout=30, interval=0.05, what="a new worker")
         replaced_after = time.time() - killed_at
         time.sleep(3)
+        load.keep_until(MIN_REQUESTS)
     assert victim not in worker_pids(stack)
     assert len(replacements) == 1
-    failures = load.failures()
-    # Only requests on the killed worker may fail: at most one per client.
-    assert len(failures) <= load.clients, failures
-    assert all(killed_at - 1 <= f.started <= killed_at + 1 for f in failures), failures
+    load.assert_no_failures(min_requests=MIN_REQUESTS)
     assert load.successes_after(killed_at + replaced_after) > 0
-    report("worker killed", replaced_after_seconds=round(replaced_after, 2), **summary(load))
+
+    # The victim held DELETEs when it died, and every DELETE got its 204: Traefik re-sent
+    # them (Go's transport never replays a DELETE, and the middleware's plain network-error
+    # retry stops once a request is written). Each was applied once: the killed worker's
+    # transaction rolled back, and a second DELETE would have been a 404.
+    deleted = ",".join(outcome.tag for outcome in load.outcomes if outcome.tag)
+    assert stack.psql(f"SELECT count(*) FROM items WHERE id IN ({deleted})") == "0"
+    report(
+        "worker killed",
+        replaced_after_seconds=round(replaced_after, 2),
+        requests_waiting_on_the_killed_worker=len(waiting),
+        deletes_waiting_on_the_killed_worker=waiting.count("DELETE"),
+        **summary(load),
+    )
 
 
 def test_a_crashed_app_container_restarts_by_itself(healthy: Stack) -> None:
     stack = healthy
-    container = stack.container("app")
-    restarts = container.attrs["RestartCount"]
-    killed_at = time.monotonic()
-    kill_from_host(host_pid(stack, "app"))
-    wait_for(
-        lambda: stack.container("app").attrs["RestartCount"] == restarts + 1,
-        timeout=30,
-        interval=0.1,
-        what="Docker to restart the app",
-    )
-    wait_healthy(stack, "app", timeout=60)
-    healthy_after = time.monotonic() - killed_at
-    with stack.client() as client:
-        wait_for(lambda: client.get("/api/items").status_code == 200, timeout=15)
-    serving_after = time.monotonic() - killed_at
+    restarts = stack.container("app").attrs["RestartCount"]
+    # A pause: while no app is routed, Traefik's 404s come back as fast as they are sent.
+    load = Load(stack, request=get_items, clients=4, max_seconds=120, timeout=10, pause=0.02)
+    with load, stack.watch_health() as health:
+        time.sleep(2)
+        killed_at = time.time()
+        kill_from_host(host_pid(stack, "app"))
+        # Generous guards, not the claim: the README quotes one run's measurement.
+        wait_for(
+            lambda: stack.container("app").attrs["RestartCount"] == restarts + 1,
+            timeout=60,
+            interval=0.1,
+            what="Docker to restart the app",
+        )
+        healthy_at = health.wait("app", "healthy", after=killed_at, timeout=90)
+        restarted_at = parse_docker_time(stack.state("app")["StartedAt"])
+        # The first request the restarted container served (one sent in the instant after
+        # the kill can still meet a dying worker).
+        serving = wait_for(
+            lambda: next((o for o in load.outcomes if o.ok and o.started > restarted_at), None),
+            timeout=30,
+            interval=0.1,
+            what="a request served after the restart",
+        )
+        time.sleep(3)
+        load.keep_until(len(load.outcomes) + MIN_REQUESTS_AFTER_RECOVERY)
     assert stack.state("app")["Status"] == "running"
+    failures = load.failures()
+
+    def timeline(outcomes: list[Outcome]) -> list[tuple[float, int | None]]:
+        return [(round(o.started - killed_at, 2), o.status) for o in outcomes]
+
+    # Clients see the restart as Traefik's 502 (routed to the dead container) or 404 (no
+    # healthy app to route to), only between the crash and the first request served...
+    assert {f.status for f in failures} <= {404, 502}, timeline(failures)
+    assert all(killed_at - 1 <= f.started <= serving.ended for f in failures), timeline(failures)
+    # ...and every request after that succeeds.
+    after = [o for o in load.outcomes if o.started > serving.ended]
+    assert len(after) >= MIN_REQUESTS_AFTER_RECOVERY
+    assert all(o.ok for o in after), timeline([o for o in after if not o.ok])
     report(
         "app container killed",
-        healthy_after_seconds=round(healthy_after, 2),
-        serving_through_traefik_after_seconds=round(serving_after, 2),
+        healthy_after_seconds=round(healthy_at - killed_at, 2),
+        serving_through_traefik_after_seconds=round(serving.ended - killed_at, 2),
+        **summary(load),
     )
 
 
@@ -127,25 +212,33 @@ def test_database_outage_gives_fast_503s_and_heals_without_restart(healthy: Stac
         came_back = time.time()
         recovered = bring_back_db(stack)
         time.sleep(2)
+        load.keep_until(MIN_REQUESTS)
     assert ready.json()["status"] == "not ready"
     assert ready.json()["reason"].startswith("database unavailable")
+    assert len(load.outcomes) >= MIN_REQUESTS
     failures = load.failures()
     assert failures, "the outage should have been visible"
+    app_seconds = app_request_seconds(stack, [failure.request_id for failure in failures])
     for failure in failures:
         assert failure.status == 503, failure  # no 500, 502 or dropped connection
-        assert failure.body.startswith('{"detail":"database unavailable'), failure
-        assert failure.seconds < CONNECT_TIMEOUT + 1, failure  # fails fast, never hangs
+        assert json.loads(failure.body) == DATABASE_UNAVAILABLE, failure
+        # Within the connect timeout, as the app measured it (its access log)...
+        assert app_seconds[failure.request_id] <= CONNECT_TIMEOUT + TIMER_SLACK, failure
         assert went_away - 1 <= failure.started <= recovered, failure
+    # ...and as the client saw it, through Traefik on a busy machine.
+    assert max(f.seconds for f in failures) < CONNECT_TIMEOUT + 1, failures
     assert load.successes_after(recovered) > 0
     assert stack.state("app")["StartedAt"] == app_started  # healed without a restart
     time.sleep(1)
     connections = app_connections(stack)
     assert connections.get("idle in transaction", 0) == 0
-    assert sum(connections.values()) <= WORKERS * 5  # DB_POOL_SIZE per worker, no leaks
+    assert connections.get("active", 0) == 0  # the load has stopped: nothing is running
+    assert sum(connections.values()) <= WORKERS * POOL_PER_WORKER  # no pool outgrew itself
     report(
         "database stopped for 15 s",
         outage_seconds=round(came_back - went_away, 1),
         recovered_after_db_start_seconds=round(recovered - came_back, 2),
+        slowest_503_in_the_app_seconds=round(max(app_seconds[f.request_id] for f in failures), 3),
         app_connections_after=connections,
         **summary(load),
     )
@@ -158,19 +251,34 @@ def test_frozen_database_answers_503_at_the_deadline(healthy: Stack) -> None:
     with Load(stack, request=mixed, clients=4, max_seconds=90, timeout=40) as load:
         time.sleep(2)
         frozen_at = time.time()
-        stack.run("pause", "db")
-        time.sleep(OUTAGE_SECONDS + 5)  # longer than the 15 s request deadline
+        pause(stack, "db")
+        time.sleep(FREEZE_SECONDS)  # longer than the request deadline
         thawed_at = time.time()
         stack.run("unpause", "db")
         with stack.client() as client:
             wait_for(lambda: client.get("/health/ready").status_code == 200, timeout=30)
         recovered = time.time()
         time.sleep(2)
+        load.keep_until(MIN_REQUESTS)
+    assert len(load.outcomes) >= MIN_REQUESTS
     failures = load.failures()
-    assert failures
+    app_seconds = app_request_seconds(stack, [failure.request_id for failure in failures])
+    at_the_deadline = []
     for failure in failures:
+        # Two answers, both long before the freeze ends: a request on a pooled connection
+        # gets the deadline's 503 at the deadline; one that needed a new connection gets
+        # the connect timeout's 503 (a paused server accepts TCP, then says nothing).
         assert failure.status == 503, failure
-        assert failure.seconds < 16, failure  # the 15 s deadline, plus scheduling
+        assert frozen_at - 1 <= failure.started <= thawed_at, failure
+        in_the_app = app_seconds[failure.request_id]
+        if json.loads(failure.body) == DEADLINE_ANSWER:
+            assert REQUEST_DEADLINE <= in_the_app <= REQUEST_DEADLINE + TIMER_SLACK, failure
+            assert REQUEST_DEADLINE <= failure.seconds < FREEZE_SECONDS, failure
+            at_the_deadline.append(failure)
+        else:
+            assert json.loads(failure.body) == DATABASE_UNAVAILABLE, failure
+            assert in_the_app <= CONNECT_TIMEOUT + TIMER_SLACK, failure
+    assert at_the_deadline, f"no request reached the deadline: {failures}"
     assert load.successes_after(recovered) > 0
     time.sleep(2)
     connections = app_connections(stack)
@@ -178,6 +286,8 @@ def test_frozen_database_answers_503_at_the_deadline(healthy: Stack) -> None:
     report(
         "database frozen for 20 s",
         frozen_seconds=round(thawed_at - frozen_at, 1),
+        answered_at_the_deadline=len(at_the_deadline),
+        slowest_503_in_the_app_seconds=round(max(app_seconds[f.request_id] for f in failures), 3),
         app_connections_after=connections,
         **summary(load),
     )
@@ -192,7 +302,13 @@ def test_acknowledged_writes_survive_a_database_crash(healthy: Stack) -> None:
         time.sleep(3)
         recovered = bring_back_db(stack)
         time.sleep(3)
+        wait_for(
+            lambda: sum(outcome.status == 201 for outcome in load.outcomes) >= MIN_REQUESTS,
+            timeout=120,
+            what=f"{MIN_REQUESTS} acknowledged writes",
+        )
     acknowledged = [outcome.tag for outcome in load.outcomes if outcome.status == 201]
+    assert len(acknowledged) >= MIN_REQUESTS
     assert load.successes_after(recovered) > 0
     assert any(outcome.started < crashed_at for outcome in load.outcomes if outcome.ok)
     names = ",".join(f"'{name}'" for name in acknowledged)
@@ -228,8 +344,15 @@ def test_host_reboot_app_first_waits_for_the_database(healthy: Stack) -> None:
     stack.container("traefik").start()
     stack.container("app").start()
     with stack.client() as client:
+
+        def not_ready() -> bool:
+            try:
+                return client.get("/health/ready").status_code == 503
+            except httpx.TransportError:  # Traefik still starting: no TLS yet
+                return False
+
         # Alive, healthy and routed while the db is down: Traefik only routes healthy apps.
-        wait_for(lambda: client.get("/health/ready").status_code == 503, timeout=60)
+        wait_for(not_ready, timeout=60, what="the app routed, and not ready")
         for _ in range(10):  # about 10 s with no database
             ready = client.get("/health/ready")
             assert ready.status_code == 503
@@ -244,6 +367,7 @@ def test_host_reboot_app_first_waits_for_the_database(healthy: Stack) -> None:
         assert client.get("/api/items").status_code == 200
     assert stack.state("migrate")["StartedAt"] == migrate_ran  # not needed again
     assert "database not reachable (attempt" in stack.logs("app")
+    report("reboot, app started before the db", seconds_without_db=10, app_restarts=0)
 
 
 def test_failing_migration_deployed_in_order_leaves_the_app_serving(healthy: Stack) -> None:
@@ -258,6 +382,7 @@ def test_failing_migration_deployed_in_order_leaves_the_app_serving(healthy: Sta
         # Even a plain `up` with the failing migration must not take the app down.
         up = stack.run(*failing, "up", "--detach", check=False)
         time.sleep(2)
+        load.keep_until(MIN_REQUESTS)
     assert migration.returncode != 0
     assert "berth: migration failed: revision 0002 raised DataError" in migration.stderr
     assert up.returncode != 0
@@ -268,5 +393,5 @@ def test_failing_migration_deployed_in_order_leaves_the_app_serving(healthy: Sta
                       "WHERE table_name = 'items' AND column_name = 'colour'") == "0"  # fmt: skip
     assert stack.container("app").id == app_id
     assert stack.state("app")["Status"] == "running"
-    assert load.failures() == []
+    load.assert_no_failures(min_requests=MIN_REQUESTS)
     report("failing migration deployed", **summary(load))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -16,6 +15,7 @@ from testcontainers.community.postgres import PostgresContainer
 from berth.application import build_app
 from berth.db import Database, SessionDep
 from berth.settings import Settings
+from tests.stack.harness import free_port
 from tests.unit.conftest import admin_connection, alembic_config, settings_for
 
 # A service route that needs the database, as every service has: the runtime's answer when
@@ -42,9 +42,9 @@ async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port nothing listens on, and nothing will: reserved for this run below the
+    ephemeral range (a port-0 number, once closed, can be handed to anyone)."""
+    return free_port()
 
 
 @pytest.fixture

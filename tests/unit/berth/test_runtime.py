@@ -175,3 +175,30 @@ async def test_the_deadline_starts_once_the_body_is_in(postgres: PostgresContain
         assert hung.status_code == 503
         assert hung.headers["retry-after"] == "5"
         assert len(hung.headers["x-request-id"]) == 32
+
+
+async def test_a_deadline_answer_is_timed_to_the_503_not_to_the_handler_unwinding(
+    postgres: PostgresContainer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler on a hung connection may take long to unwind after the deadline answered;
+    the access line and the latency metric measure what the client waited for."""
+    import berth.runtime
+
+    lines: list[dict[str, object]] = []
+    monkeypatch.setattr(berth.runtime, "access_line", lambda **fields: lines.append(fields))
+    application = build_app(settings_for(postgres, request_timeout_seconds=0.3), title="t")
+
+    @application.get("/stuck")
+    async def stuck() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(1.5)  # cleanup that hangs, like a rollback on a frozen db
+
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/stuck")  # returns once the whole app call is done
+    assert response.status_code == 503
+    (line,) = [fields for fields in lines if fields["path"] == "/stuck"]
+    assert line["status"] == 503
+    assert 300 <= float(str(line["duration_ms"])) < 1000  # not the 1.8 s of unwinding

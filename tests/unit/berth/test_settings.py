@@ -82,11 +82,25 @@ def test_pool_budget_must_fit_max_connections(monkeypatch: pytest.MonkeyPatch) -
     assert "exceeds POSTGRES_MAX_CONNECTIONS (100)" in message
 
 
-def test_default_pool_budget_fits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("POSTGRES_PASSWORD", "x")
-    settings = load_settings()
-    total = settings.web_concurrency * (settings.db_pool_size + settings.db_max_overflow)
-    assert total * 2 < settings.postgres_max_connections
+@pytest.mark.parametrize(("max_connections", "fits"), [(50, True), (49, False)])
+def test_pool_budget_is_the_documented_formula_to_the_connection(
+    monkeypatch: pytest.MonkeyPatch, max_connections: int, fits: bool
+) -> None:
+    """README: WEB_CONCURRENCY x (DB_POOL_SIZE + DB_MAX_OVERFLOW) x 2 <=
+    POSTGRES_MAX_CONNECTIONS - 10. Here 2 x (8 + 2) x 2 = 40: it fits 50 - 10, not 49 - 10,
+    so the overflow counts, the deploy overlap doubles, and 10 stay reserved."""
+    env = {"WEB_CONCURRENCY": "2", "DB_POOL_SIZE": "8", "DB_MAX_OVERFLOW": "2"}
+    env |= {"POSTGRES_PASSWORD": "x", "POSTGRES_MAX_CONNECTIONS": str(max_connections)}
+    if fits:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert load_settings().postgres_max_connections == max_connections
+    else:
+        message = error_for(monkeypatch, **env)
+        assert message == (
+            "DB_POOL_SIZE + DB_MAX_OVERFLOW (10) x WEB_CONCURRENCY (2) x 2 (deploy overlap) "
+            "exceeds POSTGRES_MAX_CONNECTIONS (49) minus 10 reserved"
+        )
 
 
 @pytest.mark.parametrize(
