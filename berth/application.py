@@ -1,8 +1,8 @@
 """Builds a service's FastAPI app on Berth's runtime: the engine in the lifespan, health and
 version endpoints, metrics, the request deadline, request ids and access logs, JSON errors.
 
-A service calls `build_app(settings, title=..., routers=[...])` from its own factory
-(`app/main.py`), which uvicorn runs: `uvicorn app.main:create_app --factory`.
+A service calls `build_app(settings, title=..., routers=[...])` from its own factory,
+`create_app` in its package's `main.py`, which uvicorn runs (`--factory`).
 """
 
 from __future__ import annotations
