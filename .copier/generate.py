@@ -197,10 +197,17 @@ PYTHON_LINES: list[tuple[str, Callable[[str], str]]] = [
 ]
 
 
-def check_package(package: str, project: Path) -> None:
-    """What copier's validator can't see: Python's own names, and the locked dependencies'
-    (a package named `alembic` would hide the real one from every import)."""
+def check_answers(answers: Answers, project: Path) -> None:
+    """What copier's validators can't see: Python's own names, and the locked dependencies'
+    (a package named `alembic` would hide the real one from every import; a project named
+    FastAPI would be a second `fastapi` in uv.lock)."""
     locked = re.findall(r'^name = "([^"]+)"$', (project / "uv.lock").read_text(), re.MULTILINE)
+    if answers.slug in set(locked) - {"berth"} or not answers.slug:
+        raise GenerationError(
+            f"project name {answers.project_name!r} makes the Python project name "
+            f"{answers.slug!r}, which is empty or a dependency's"
+        )
+    package = answers.package
     taken = {
         **{name.replace("-", "_"): f"the dependency {name!r}" for name in locked},
         **{name: "Python's standard library" for name in sys.stdlib_module_names},
@@ -278,7 +285,7 @@ def remove_empty_folders(root: Path) -> None:
 
 
 def generate(project: Path, template: Path, answers: Answers, strict: bool) -> None:
-    check_package(answers.package, project)
+    check_answers(answers, project)
     if not answers.keep_example:
         place_empty_service(project)
     apply_edits(project, edits(answers), strict)

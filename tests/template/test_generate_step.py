@@ -38,12 +38,17 @@ def rendered(destination: Path, keep_example: bool) -> Path:
 
 
 def generate_step(
-    project: Path, *, package: str, keep_example: bool, operation: str = "copy"
+    project: Path,
+    *,
+    package: str,
+    keep_example: bool,
+    operation: str = "copy",
+    name: str = "Notes Service",
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable, str(GENERATE_STEP), f"--operation={operation}",
-            f"--template={ROOT}", "--project-name=Notes Service", f"--package={package}",
+            f"--template={ROOT}", f"--project-name={name}", f"--package={package}",
             "--domain=notes.example.org", f"--keep-example={keep_example}",
         ],
         cwd=project, capture_output=True, text=True, timeout=60, check=False,
@@ -153,4 +158,14 @@ def test_a_package_name_that_would_hide_another_is_refused(
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"berth: generate: package name {package!r} is taken by {taken_by}"
+    )
+
+
+def test_a_project_name_that_would_clash_in_the_lock_file_is_refused(tmp_path: Path) -> None:
+    project = rendered(tmp_path / "project", keep_example=True)
+    result = generate_step(project, package="app", keep_example=True, name="FastAPI")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "berth: generate: project name 'FastAPI' makes the Python project name 'fastapi', "
+        "which is empty or a dependency's"
     )
