@@ -108,6 +108,7 @@ def test_it_passes_its_own_checks_as_generated(project: Path) -> None:
     run([str(Path(sys.executable).parent / "hadolint"), "Dockerfile"], cwd=project)
     unit_tests = ("pytest", "-q", "-p", "no:cacheprovider", "-m", "not stack")
     python(project, *unit_tests, timeout=600)
+    python(project, f"{PACKAGE}.seed", "--reset")  # `make demo-reset`: nothing to seed, exit 0
 
 
 def test_its_stack_serves_https_and_a_new_resource(stack: Stack, project: Path) -> None:

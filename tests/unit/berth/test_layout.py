@@ -24,7 +24,7 @@ def imported_packages(module: Path) -> set[str]:
 
 
 def test_the_runtime_imports_nothing_of_the_service() -> None:
-    assert len(SERVICE_PACKAGES) == 2  # the service package and its migrations
+    assert len(SERVICE_PACKAGES) >= 2  # the service package (one at least) and migrations
     modules = sorted((ROOT / "berth").rglob("*.py"))
     assert len(modules) > 10
     offenders = {
