@@ -6,7 +6,8 @@ files), then this step makes the project from it:
 1. without the example (keep_example=false), puts the empty service from .copier/empty/ in
    the place of the example's files, which copier.yml's `example_only` left out;
 2. edits the files that name the project, the domain or the service package: each edit is
-   an exact text of Berth's checkout and its replacement (`edits` below lists them all);
+   an exact text of Berth's checkout and its replacement (`edits` below lists them all),
+   and the modules in IMPORTERS import the package by its new name, in ruff's order;
 3. moves the service package (`app/`) and its unit tests to the package's name;
 4. keeps Berth's README as BERTH.md, the stack's manual, and writes the project's README.
 
@@ -23,6 +24,7 @@ Standard library only: it runs under whichever Python runs copier.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import keyword
 import re
@@ -107,6 +109,7 @@ def edits(answers: Answers) -> list[Edit]:
         Edit(".dockerignore", "\n!app/\n", f"\n!{package}/\n"),
         Edit(".dockerignore", " berth/, app/, ", f" berth/, {package}/, "),
         Edit("compose.yaml", "- app.main:create_app\n", f"- {main}\n"),
+        Edit("deploy/kubernetes/base/deployment.yaml", "- app.main:create_app\n", f"- {main}\n"),
         Edit("compose.dev.yaml", "- app.main:create_app\n", f"- {main}\n"),
         Edit("compose.dev.yaml", "--reload-dir=app\n", f"--reload-dir={package}\n"),
         Edit("compose.dev.yaml", " ./app:/app/app:ro\n", f" ./{package}:/app/{package}:ro\n"),
@@ -129,11 +132,6 @@ def edits(answers: Answers) -> list[Edit]:
     return [edit for edit in found if edit.old != edit.new]
 
 
-def imports(*lines: str) -> str:
-    """`from ... import` lines of one section, in the order ruff's isort keeps them."""
-    return "".join(sorted(lines, key=lambda line: line.split()[1]))
-
-
 def bracketed(indent: int, opening: str, items: list[str], closing: str, listing: bool) -> str:
     """One statement as ruff formats it: on one line if it fits; else a call's arguments
     on one line of their own, if they fit; else one item a line (always, for a list)."""
@@ -152,26 +150,6 @@ def seed_command(package: str) -> list[str]:
 
 
 PYTHON_LINES: list[tuple[str, Callable[[str], str]]] = [
-    (
-        "migrations/env.py",
-        lambda package: imports(
-            f"from {package}.models import Base\n", "from berth.migrations import run_migrations\n"
-        ),
-    ),
-    (
-        "tests/unit/conftest.py",
-        lambda package: imports(
-            f"from {package}.main import create_app\n",
-            "from berth.settings import Settings, load_settings\n",
-        ),
-    ),
-    (
-        "tests/stack/test_demo.py",
-        lambda package: imports(
-            f"from {package}.seed import DEFAULT_COUNT, demo_items\n",
-            "from tests.stack.harness import ROOT, Stack\n",
-        ),
-    ),
     (
         "tests/stack/test_demo.py",
         lambda package: bracketed(
@@ -195,6 +173,75 @@ PYTHON_LINES: list[tuple[str, Callable[[str], str]]] = [
         ),
     ),
 ]
+
+
+# Modules that import the service package at their top: each such import is renamed and
+# put back where ruff's isort wants it among the first-party imports.
+IMPORTERS = [
+    "migrations/env.py",
+    "tests/unit/conftest.py",
+    "tests/stack/test_demo.py",
+    "tests/unit/deploy/test_kubernetes.py",
+]
+FIRST_PARTY = {"berth", "tests", BERTH_PACKAGE}
+
+
+def renamed_imports(text: str, package: str) -> str | None:
+    """`text` with its top-level imports of `app` importing `package` instead, sorted again
+    within their block of first-party imports; None when it has none."""
+    lines = text.splitlines(keepends=True)
+    for block in first_party_blocks(ast.parse(text).body, package):
+        if not any(top_module(node) == BERTH_PACKAGE for node in block):
+            continue
+        statements = []
+        for node in block:
+            statement = "".join(lines[node.lineno - 1 : node.end_lineno])
+            if top_module(node) == BERTH_PACKAGE:
+                statement = re.sub(r"^(from|import) app\b", rf"\1 {package}", statement)
+            statements.append(statement)
+        # ruff's isort: `import x` before `from x import y`, each by module name.
+        statements.sort(key=lambda s: (s.startswith("from "), s.split()[1].lower()))
+        lines[block[0].lineno - 1 : block[-1].end_lineno] = statements
+        return "".join(lines)
+    return None
+
+
+def first_party_blocks(body: list[ast.stmt], package: str) -> list[list[ast.stmt]]:
+    """Runs of adjacent top-level imports of first-party modules (berth, tests, the
+    service), as isort groups them."""
+    blocks: list[list[ast.stmt]] = []
+    for node in body:
+        if top_module(node) not in FIRST_PARTY | {package}:
+            continue
+        previous = blocks[-1][-1] if blocks else None
+        if previous is not None and previous.end_lineno == node.lineno - 1:
+            blocks[-1].append(node)
+        else:
+            blocks.append([node])
+    return blocks
+
+
+def top_module(node: ast.stmt) -> str | None:
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return node.module.split(".")[0]
+    if isinstance(node, ast.Import) and len(node.names) == 1:
+        return node.names[0].name.split(".")[0]
+    return None
+
+
+def rename_imports(project: Path, package: str, strict: bool) -> None:
+    for name in IMPORTERS:
+        path = project / name
+        if not path.is_file():
+            continue  # not in this project (the example's files, without it)
+        text = renamed_imports(path.read_text(), package)
+        if text is None:
+            message = f"{name} no longer imports {BERTH_PACKAGE}: update .copier/generate.py"
+            if strict:
+                raise GenerationError(message)
+            print(f"berth: generate: left as it is: {message}", file=sys.stderr)
+            continue
+        path.write_text(text)
 
 
 def check_answers(answers: Answers, project: Path) -> None:
@@ -290,6 +337,7 @@ def generate(project: Path, template: Path, answers: Answers, strict: bool) -> N
         place_empty_service(project)
     apply_edits(project, edits(answers), strict)
     if answers.package != BERTH_PACKAGE:
+        rename_imports(project, answers.package, strict)
         move_service(project, template, answers.package)
     write_readmes(project)
 
