@@ -100,6 +100,9 @@ def python(project: Path, *args: str, timeout: float = 300) -> None:
     run([sys.executable, "-m", *args], cwd=project, timeout=timeout)
 
 
+# Lint, type-check and a whole unit-test run of another project: about 2 minutes on a quiet
+# 2-core machine, and up to 7 seen on a loaded one.
+@pytest.mark.timeout(900)
 def test_it_passes_its_own_checks_as_generated(project: Path) -> None:
     run(["uv", "lock", "--check", "--offline"], cwd=project)  # `uv sync --locked` agrees
     python(project, "ruff", "check", "--no-cache", ".")
