@@ -236,10 +236,7 @@ def rename_imports(project: Path, package: str, strict: bool) -> None:
             continue  # not in this project (the example's files, without it)
         text = renamed_imports(path.read_text(), package)
         if text is None:
-            message = f"{name} no longer imports {BERTH_PACKAGE}: update .copier/generate.py"
-            if strict:
-                raise GenerationError(message)
-            print(f"berth: generate: left as it is: {message}", file=sys.stderr)
+            not_found(f"{name} no longer imports {BERTH_PACKAGE}", strict)
             continue
         path.write_text(text)
 
@@ -275,6 +272,14 @@ def place_empty_service(project: Path) -> None:
         move(source, project / source.relative_to(staged))
 
 
+def not_found(problem: str, strict: bool) -> None:
+    """A text to change that is not there: an error in a copy, a warning in an update."""
+    message = f"{problem}: update .copier/generate.py"
+    if strict:
+        raise GenerationError(message)
+    print(f"berth: generate: left as it is: {message}", file=sys.stderr)
+
+
 def apply_edits(project: Path, planned: Iterable[Edit], strict: bool) -> None:
     for edit in planned:
         path = project / edit.path
@@ -282,10 +287,7 @@ def apply_edits(project: Path, planned: Iterable[Edit], strict: bool) -> None:
             continue  # left out of this project (the example's files, without it)
         text = path.read_text()
         if edit.old not in text:
-            message = f"{edit.path} no longer contains {edit.old!r}: update .copier/generate.py"
-            if strict:
-                raise GenerationError(message)
-            print(f"berth: generate: left as it is: {message}", file=sys.stderr)
+            not_found(f"{edit.path} no longer contains {edit.old!r}", strict)
             continue
         path.write_text(text.replace(edit.old, edit.new))
 
