@@ -51,4 +51,4 @@ demo: ## the full stack with seeded demo data
 	$(DEMO) up -d --build --wait
 
 demo-reset: ## put the demo data back to its seeded state
-	$(DEMO) run --rm --no-deps seed python -m app.seed --reset
+	$(DEMO) run --rm --no-deps seed --reset

@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Item
+from .models import Item
 
 ItemSort = Literal[
     "id", "-id", "name", "-name", "price", "-price",

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.models import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, PRICE_DIGITS, PRICE_SCALE
+from .models import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, PRICE_DIGITS, PRICE_SCALE
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50

@@ -1,4 +1,4 @@
-"""Demo data: `python -m app.seed [--reset] [--count N]`.
+"""Demo data: the demo's seed service runs this module (`[--reset] [--count N]`).
 
 Makes the same few thousand items every time (a fixed random seed), with varied names,
 descriptions and prices. Running it again adds nothing: items are inserted by name, and
@@ -19,10 +19,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.models import Item
 from berth.db import Database, describe
 from berth.preflight import EX_CONFIG
 from berth.settings import ConfigError, load_settings
+
+from .models import Item
 
 DEFAULT_COUNT = 3000
 SEED = 20261124

@@ -92,7 +92,7 @@ class Suite:
             print(f"WEB_CONCURRENCY={workers}")
             stack.set_env(WEB_CONCURRENCY=str(workers), MAX_IN_FLIGHT_PER_WORKER=UNLIMITED)
             stack.up()
-            stack.run("run", "--rm", "--no-deps", "seed", "python", "-m", "app.seed", "--reset")
+            stack.run("run", "--rm", "--no-deps", "seed", "--reset")
             wait_workers(stack, workers)
             time.sleep(3)  # let start-up settle before reading idle memory
             idle = measure.worker_rss_mb(stack)
@@ -115,7 +115,7 @@ class Suite:
         print("overload, WEB_CONCURRENCY=2, default admission limit")
         stack.set_env(WEB_CONCURRENCY="2", MAX_IN_FLIGHT_PER_WORKER="0")
         stack.up()
-        stack.run("run", "--rm", "--no-deps", "seed", "python", "-m", "app.seed", "--reset")
+        stack.run("run", "--rm", "--no-deps", "seed", "--reset")
         wait_workers(stack, 2)
         proxied = f"https://127.0.0.1:{stack.https_port}"
         return {

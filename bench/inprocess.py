@@ -58,11 +58,12 @@ async def running(app: FastAPI) -> AsyncIterator[FastAPI]:
 
 
 async def compare(requests: int) -> dict[str, float]:
-    from app.main import create_app
     from bench.fastapiapp import app as bare
+    from berth.application import build_app
 
     best = {"berth": float("inf"), "fastapi": float("inf")}
-    async with running(create_app()) as berth:
+    # The runtime with no service routers: /health/live is the runtime's own route.
+    async with running(build_app(title="Berth")) as berth:
         await drive(berth, 500)
         await drive(bare, 500)
         for _ in range(ROUNDS):

@@ -143,7 +143,7 @@ def main() -> None:
         stack = Stack(workdir=Path(workdir), files=("compose.yaml", "compose.demo.yaml"), env=env)
         try:
             stack.up()
-            stack.run("run", "--rm", "--no-deps", "seed", "python", "-m", "app.seed", "--reset")
+            stack.run("run", "--rm", "--no-deps", "seed", "--reset")
             wait_workers(stack, int(env.get("WEB_CONCURRENCY", "2")))
             paths = {"read": "/api/items?limit=20", "write": "/api/items"}
             results = {

@@ -2,8 +2,8 @@
 version endpoints, metrics, and berth/runtime.py in front of every request (request ids,
 the body limit, admission, the deadline, metrics and access logs), JSON errors.
 
-A service calls `build_app(settings, title=..., routers=[...])` from its own factory
-(`app/main.py`), which uvicorn runs: `uvicorn app.main:create_app --factory`.
+A service calls `build_app(settings, title=..., routers=[...])` from its own factory,
+`create_app` in its package's `main.py`, which uvicorn runs (`--factory`).
 """
 
 from __future__ import annotations

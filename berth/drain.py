@@ -1,6 +1,6 @@
 """Keep serving after SIGTERM until the proxy has stopped routing here, then stop gracefully.
 
-    python -m berth.drain --seconds 10 -- uvicorn app.main:create_app --factory ...
+    python -m berth.drain --seconds 10 -- uvicorn <service>.main:create_app --factory ...
 
 Under Docker Swarm a task leaves Traefik's routing only when Traefik next polls the manager
 (`providers.swarm.refreshSeconds`), but Swarm sends the task SIGTERM at once. uvicorn, on

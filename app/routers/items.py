@@ -6,8 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
-from app.repository import DuplicateNameError, ItemRepository, ItemSort
-from app.schemas import (
+from berth.db import SessionDep
+from berth.errors import Problem
+from berth.routing import JSONRoute
+
+from ..repository import DuplicateNameError, ItemRepository, ItemSort
+from ..schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     ItemCreate,
@@ -15,9 +19,6 @@ from app.schemas import (
     ItemRead,
     ItemUpdate,
 )
-from berth.db import SessionDep
-from berth.errors import Problem
-from berth.routing import JSONRoute
 
 router = APIRouter(prefix="/api/items", tags=["items"], route_class=JSONRoute)
 

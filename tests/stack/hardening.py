@@ -30,7 +30,7 @@ ITEMS = {
 
 # Where an item does not hold, and why. An exception that is no longer needed is reported
 # too, so this table never outlives its reasons.
-# Not exceptions, because no item here is broken: the dev overlay's bind mounts of app/,
+# Not exceptions, because no item here is broken: the dev overlay's bind mounts of the service,
 # berth/ and migrations/ (project code, not a sensitive host directory), and the ports the
 # dev and bench overlays publish on 127.0.0.1 only (bound to one interface, as 5.13 asks).
 EXCEPTIONS: dict[tuple[str, str], str] = {

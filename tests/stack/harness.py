@@ -38,22 +38,43 @@ OVERRIDES = ROOT / "tests" / "stack" / "compose"
 TEST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test-app")
 T = TypeVar("T")
 # What a fresh clone has: the working tree without local state, caches or bench results.
+# Never part of a copy, tracked or not: the benchmark results are history, not the stack.
+NOT_COPIED = ("bench/results/",)
+# Without git (a tarball of the project), what a fresh clone would not have.
 NOT_IN_A_CHECKOUT = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", ".*_cache", "test-output", ".berth", ".env", "results"
+    ".git",
+    ".venv",
+    "__pycache__",
+    ".*_cache",
+    ".hypothesis",
+    ".schemathesis",
+    "test-output",
+    ".berth",
+    ".env",
+    "results",
+    "secrets",
 )
 
 
 def copy_checkout(destination: Path) -> Path:
-    """A copy of this repository as a fresh clone would have it, at `destination`."""
-    shutil.copytree(ROOT, destination, ignore=_not_in_a_checkout)
+    """A copy of this repository as a fresh clone would have it, at `destination`: the files
+    git tracks and the new ones it does not ignore, as they are in the working tree, so
+    uncommitted edits are tested too, and local state (.env, secrets/, caches) never is."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=False,
+    )  # fmt: skip
+    if listed.returncode != 0:  # not a git checkout
+        shutil.copytree(ROOT, destination, ignore=NOT_IN_A_CHECKOUT)
+        return destination
+    for name in filter(None, listed.stdout.split(b"\0")):
+        relative = os.fsdecode(name)
+        source = ROOT / relative
+        if relative.startswith(NOT_COPIED) or not source.is_file():  # deleted, not committed
+            continue
+        (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination / relative, follow_symlinks=False)
     return destination
-
-
-def _not_in_a_checkout(directory: str, names: list[str]) -> set[str]:
-    ignored = set(NOT_IN_A_CHECKOUT(directory, names))
-    if Path(directory) == ROOT and "secrets" in names:
-        ignored.add("secrets")  # `make secrets` writes there; git ignores it
-    return ignored
 
 
 # Ports for test stacks come from below the kernel's ephemeral range, where nothing gets a

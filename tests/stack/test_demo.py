@@ -27,7 +27,7 @@ def demo(stack_factory: Callable[..., Stack]) -> Stack:
 
 
 def seed(stack: Stack, *args: str) -> str:
-    return stack.run("run", "--rm", "--no-deps", "seed", "python", "-m", "app.seed", *args).stderr
+    return stack.run("run", "--rm", "--no-deps", "seed", *args).stderr
 
 
 def test_demo_is_seeded_with_realistic_items(demo: Stack) -> None:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from app.main import create_app
+from berth.application import build_app
 from berth.settings import Settings
 
 HELD = 1100
@@ -35,7 +35,7 @@ def many_descriptors() -> Iterator[None]:
 async def test_pooled_connections_past_descriptor_1024_are_used(
     settings: Settings, many_descriptors: None
 ) -> None:
-    application = create_app(settings)
+    application = build_app(settings, title="t")
     sockets: list[int] = []
     async with application.router.lifespan_context(application):
         pool = application.state.database.engine.sync_engine.pool
@@ -47,7 +47,7 @@ async def test_pooled_connections_past_descriptor_1024_are_used(
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             for _ in range(5):  # each checkout after the first reuses the pooled connection
-                response = await client.get("/api/items")
+                response = await client.get("/health/ready")  # a query on a pooled connection
                 assert response.status_code == 200, response.text
     assert len(sockets) >= 5
     assert min(sockets) >= 1024

@@ -9,6 +9,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -18,7 +19,20 @@ from berth.db import read_revisions
 from berth.settings import Settings
 from tests.unit.conftest import PASSWORD, ROOT, admin_connection, alembic_config
 
-FAILING_REVISION = ROOT / "tests" / "stack" / "fixtures" / "0002_fails_halfway.py"
+# Changes the schema, then fails: all of it must be rolled back. It touches no table of the
+# service's, so it fails the same way under any service (a generated one has no items).
+FAILING_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+
+
+def upgrade() -> None:
+    op.create_table("half_done", sa.Column("id", sa.Integer(), primary_key=True))
+    op.execute("SELECT 1 / 0")
+"""
 
 
 def alembic_cli(
@@ -51,6 +65,12 @@ def tables(postgres: PostgresContainer, database: str) -> set[str]:
     with admin_connection(postgres, database) as connection:
         rows = connection.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         return {row[0] for row in rows}
+
+
+@pytest.fixture
+def service_tables(settings: Settings, postgres: PostgresContainer) -> set[str]:
+    """The tables of a database at head: the session's, which Alembic's API migrated."""
+    return tables(postgres, settings.postgres_db)
 
 
 def versions(postgres: PostgresContainer, database: str) -> list[str]:
@@ -89,7 +109,7 @@ def test_models_and_migrations_agree(settings: Settings) -> None:
 
 
 def test_three_concurrent_upgrades_apply_the_schema_once(
-    postgres: PostgresContainer, fresh_database: str
+    postgres: PostgresContainer, fresh_database: str, service_tables: set[str]
 ) -> None:
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda _: alembic_cli(postgres, fresh_database), range(3)))
@@ -97,7 +117,7 @@ def test_three_concurrent_upgrades_apply_the_schema_once(
         assert result.returncode == 0, result.stderr
     assert sum("Running upgrade  -> 0001" in result.stderr for result in results) == 1
     assert versions(postgres, fresh_database) == ["0001"]
-    assert tables(postgres, fresh_database) == {"alembic_version", "items"}
+    assert tables(postgres, fresh_database) == service_tables
 
 
 def test_upgrade_at_head_is_a_no_op(postgres: PostgresContainer, fresh_database: str) -> None:
@@ -108,11 +128,11 @@ def test_upgrade_at_head_is_a_no_op(postgres: PostgresContainer, fresh_database:
 
 
 def test_failing_revision_rolls_back_and_is_named(
-    postgres: PostgresContainer, fresh_database: str, tmp_path: Path
+    postgres: PostgresContainer, fresh_database: str, tmp_path: Path, service_tables: set[str]
 ) -> None:
     assert alembic_cli(postgres, fresh_database).returncode == 0
     shutil.copytree(ROOT / "migrations", tmp_path / "migrations")
-    shutil.copy(FAILING_REVISION, tmp_path / "migrations" / "versions")
+    (tmp_path / "migrations" / "versions" / "0002_fails_halfway.py").write_text(FAILING_REVISION)
     ini = tmp_path / "alembic.ini"
     shutil.copy(ROOT / "alembic.ini", ini)
 
@@ -125,7 +145,7 @@ def test_failing_revision_rolls_back_and_is_named(
     )
     assert "Traceback" not in result.stderr
     assert versions(postgres, fresh_database) == ["0001"]
-    assert tables(postgres, fresh_database) == {"alembic_version", "items"}
+    assert tables(postgres, fresh_database) == service_tables
 
 
 def test_wrong_password_is_one_readable_line(postgres: PostgresContainer) -> None:
