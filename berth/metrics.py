@@ -35,6 +35,7 @@ from prometheus_client import (
 from prometheus_client.metrics import MetricWrapperBase
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -138,6 +139,9 @@ def _add_to_histogram(child: MetricWrapperBase, histogram: list[float]) -> None:
 REQUEST_METRICS = RequestMetrics()
 
 
+_COUNTED_OUT = "berth_counted_out"
+
+
 def watch_pool(engine: AsyncEngine) -> None:
     """Track the pool through its events, so a scrape never touches the pool itself."""
     pool = engine.sync_engine.pool
@@ -150,13 +154,22 @@ def watch_pool(engine: AsyncEngine) -> None:
     def _closed(*_: object) -> None:
         POOL_OPEN.dec()
 
+    # A checkout counts once it completes; a checkin only takes back what was counted. When
+    # a checkout drops a closed connection and cannot reconnect (the database is down),
+    # SQLAlchemy checks the record back in without the checkout having completed: counted
+    # naively, that drove the gauge to -328 after a 15 s outage.
     @event.listens_for(pool, "checkout")
-    def _out(*_: object) -> None:
-        POOL_CHECKED_OUT.inc()
+    def _out(dbapi_connection: object, record: ConnectionPoolEntry, proxy: object) -> None:
+        marks = record.record_info  # lives as long as the pool's record, across reconnects
+        if marks is not None:
+            marks[_COUNTED_OUT] = True
+            POOL_CHECKED_OUT.inc()
 
     @event.listens_for(pool, "checkin")
-    def _in(*_: object) -> None:
-        POOL_CHECKED_OUT.dec()
+    def _in(dbapi_connection: object, record: ConnectionPoolEntry) -> None:
+        marks = record.record_info
+        if marks is not None and marks.pop(_COUNTED_OUT, False):
+            POOL_CHECKED_OUT.dec()
 
 
 def _forget_dead_workers(directory: str) -> None:

@@ -8,11 +8,23 @@ import subprocess
 import threading
 from pathlib import Path
 
+import httpx
+import psycopg
 import pytest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from testcontainers.community.postgres import PostgresContainer
 
 from berth import metrics
-from berth.metrics import LATENCY, RequestMetrics, _add_to_histogram
+from berth.application import build_app
+from berth.metrics import (
+    LATENCY,
+    POOL_CHECKED_OUT,
+    POOL_OPEN,
+    RequestMetrics,
+    _add_to_histogram,
+)
+from berth.settings import Settings
+from tests.unit.conftest import admin_connection
 
 
 def test_added_up_latencies_equal_observing_each_one() -> None:
@@ -80,3 +92,41 @@ def test_concurrent_scrapes_never_fail_on_a_dead_workers_files(
         scraper.join()
     assert errors == []
     assert [name for name in os.listdir(tmp_path) if name.startswith("gauge_live")] == []
+
+
+def gauge(value: Gauge) -> float:
+    return float(value._value.get())  # one process, no multiprocess dir: its own value
+
+
+async def test_pool_gauges_stay_true_when_reconnects_fail(
+    postgres: PostgresContainer, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database restart closes the pooled connections; while it is down, each checkout
+    drops a closed one and fails to reconnect. SQLAlchemy then checks the record back in
+    without a checkout ever having completed: counted naively, the in-use gauge went
+    negative (-328 after a 15 s outage under load)."""
+    in_use, opened = gauge(POOL_CHECKED_OUT), gauge(POOL_OPEN)
+    application = build_app(settings, title="t")
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/health/ready")).status_code == 200
+
+            async def refused(*args: object, **kwargs: object) -> object:
+                raise psycopg.OperationalError("connection refused (the database is down)")
+
+            with monkeypatch.context() as down:
+                down.setattr(psycopg.AsyncConnection, "connect", refused)
+                with admin_connection(postgres) as connection:
+                    connection.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'berth-app'"
+                    )
+                for _ in range(5):
+                    assert (await client.get("/health/ready")).status_code == 503
+                assert gauge(POOL_CHECKED_OUT) == in_use
+            assert (await client.get("/health/ready")).status_code == 200  # back up
+            assert gauge(POOL_CHECKED_OUT) == in_use
+            assert gauge(POOL_OPEN) >= opened
+    assert gauge(POOL_CHECKED_OUT) == in_use
+    assert gauge(POOL_OPEN) == opened  # disposed: every connection it opened is closed
