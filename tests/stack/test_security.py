@@ -183,9 +183,13 @@ def test_cis_every_container_with_the_dev_demo_and_bench_overlays(overlays: Stac
     assert problems == []
 
 
+SWARM_STACK = "compose.swarm.yaml"
+
+
 def compose_files() -> list[tuple[str, ...]]:
-    """compose.yaml alone, and with each overlay: the project's and the tests'."""
-    overlays = sorted(path.name for path in ROOT.glob("compose.*.yaml"))
+    """compose.yaml alone, and with each overlay: the project's and the tests'. The Swarm
+    stack file is a stack of its own, not an overlay: tests/unit/swarm checks it."""
+    overlays = sorted(p.name for p in ROOT.glob("compose.*.yaml") if p.name != SWARM_STACK)
     test_overlays = sorted(str(path) for path in OVERRIDES.glob("*.yaml"))
     return [("compose.yaml",), *(("compose.yaml", name) for name in overlays + test_overlays)]
 
