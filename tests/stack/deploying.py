@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,16 +26,78 @@ class Deploy:
     load: Load
 
 
-def deploy_script(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
+def state_dir(stack: Stack) -> Path:
+    """Where scripts/deploy keeps this stack's release history and lock."""
+    return stack.workdir / "deploy-state"
+
+
+def deploy_env(stack: Stack, settings: dict[str, str] | None = None) -> dict[str, str]:
+    return {
         **os.environ,
         "COMPOSE_ENV_FILES": str(stack.env_file),
-        "BERTH_STATE_DIR": str(stack.workdir / "deploy-state"),
+        "BERTH_STATE_DIR": str(state_dir(stack)),
+        **(settings or {}),
     }
+
+
+def deploy_script(
+    stack: Stack, *args: str, settings: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(ROOT / "scripts" / "deploy"), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=ROOT, env=deploy_env(stack, settings), capture_output=True, text=True,
+        timeout=600, check=False,
     )  # fmt: skip
+
+
+def start_deploy(stack: Stack, *args: str) -> subprocess.Popen[str]:
+    """scripts/deploy in the background, in a process group of its own (as a shell runs a
+    command), its stdout and stderr as one stream of lines."""
+    return subprocess.Popen(
+        [str(ROOT / "scripts" / "deploy"), *args],
+        cwd=ROOT, env=deploy_env(stack), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def finish(
+    process: subprocess.Popen[str],
+    on_line: Callable[[str], None] = lambda line: None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Read a started deploy's output to its end, calling `on_line` with each line; the
+    output is returned as stderr (where scripts/deploy writes)."""
+    assert process.stdout is not None
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            on_line(line)
+        process.wait()
+    finally:
+        watchdog.cancel()
+    return subprocess.CompletedProcess(process.args, process.returncode, "", "".join(lines))
+
+
+def interrupted_deploy(
+    stack: Stack, *args: str, at: str, signal_number: int, whole_group: bool
+) -> subprocess.CompletedProcess[str]:
+    """scripts/deploy, sent `signal_number` the moment it prints a line containing `at`:
+    to its whole process group as Ctrl-C in a terminal does, or to the script alone as
+    `kill` does."""
+    process = start_deploy(stack, *args)
+    sent: list[str] = []
+
+    def interrupt(line: str) -> None:
+        if at in line and not sent:
+            (os.killpg if whole_group else os.kill)(process.pid, signal_number)
+            sent.append(line)
+
+    result = finish(process, interrupt)
+    assert sent, f"the deploy never printed {at!r}:\n{result.stderr}"
+    return result
 
 
 def version_mix(client: httpx.Client, worker: int, number: int) -> tuple[httpx.Response, str]:
