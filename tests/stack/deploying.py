@@ -154,6 +154,15 @@ def sigterm_times(stack: Stack, container_ids: set[str], since: float) -> list[f
     return [e["timeNano"] / 1e9 for e in events if e["id"] in container_ids]
 
 
+def health_times(stack: Stack, container_ids: set[str], since: float, status: str) -> list[float]:
+    """When any of these containers' health turned `status` (healthy, unhealthy)."""
+    events = stack.docker.events(
+        since=int(since) - 1, until=int(time.time()) + 1,
+        filters={"type": "container", "event": f"health_status: {status}"}, decode=True,
+    )  # fmt: skip
+    return [e["timeNano"] / 1e9 for e in events if e["id"] in container_ids]
+
+
 def app_ids(stack: Stack) -> set[str]:
     return {c.id for c in stack.containers("app") if c.status == "running"}
 

@@ -18,6 +18,7 @@ from tests.stack.deploying import (
     app_ids,
     deploy_script,
     finish,
+    health_times,
     interrupted_deploy,
     record,
     serving,
@@ -95,8 +96,12 @@ def test_a_new_version_deploys_with_zero_failed_requests(stack: Stack) -> None:
     assert seen[0] == "v1"
     assert seen[-10:] == ["v2"] * 10  # traffic ends on the new version
     assert app_ids(stack).isdisjoint(old)
-    # Traefik stopped routing to the old container before it got SIGTERM.
+    # Traefik stopped routing to the old container before it got SIGTERM: it was reported
+    # unhealthy (so dropped), and the last request it answered had started, before that.
     stopped_at = min(sigterm_times(stack, old, began))
+    unhealthy_at = health_times(stack, old, began, "unhealthy")
+    assert unhealthy_at, "the old container was never reported unhealthy"
+    assert min(unhealthy_at) < stopped_at
     last_old = max(o.started for o in deploy.load.outcomes if o.tag == "v1")
     assert last_old < stopped_at
     # The additive migration ran once, before the switch, and v1 kept working on it.
@@ -322,10 +327,10 @@ def test_a_scale_up_that_fails_part_way_leaves_nothing_behind(
         filler.remove(force=True)
 
     assert deploy.result.returncode == 1, deploy.result.stderr
+    assert {c.id for c in small.containers("app")} == old  # none left, in any state
     assert "could not start the new containers" in deploy.result.stderr
     assert "removing the new container(s)" in deploy.result.stderr
     assert_zero_failed(deploy)
-    assert {c.id for c in small.containers("app")} == old  # none left, in any state
     assert set(versions(deploy.load.outcomes)) == {"v1"}
     assert_one_release_serving(small, "v1")
 
