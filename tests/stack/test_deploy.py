@@ -275,10 +275,10 @@ def test_an_interrupted_deploy_leaves_one_release_serving(
         ),
     )
 
+    assert_one_release_serving(stack, then_serving)
+    assert_zero_failed(deploy)
     assert deploy.result.returncode == 128 + signal_number, deploy.result.stderr
     assert f"interrupted by {signal.Signals(signal_number).name}" in deploy.result.stderr
-    assert_zero_failed(deploy)
-    assert_one_release_serving(stack, then_serving)
     if then_serving == "v3":
         assert app_ids(stack) == before
         assert "rolled back" in deploy.result.stderr
