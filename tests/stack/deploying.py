@@ -24,6 +24,47 @@ class Deploy:
     result: subprocess.CompletedProcess[str]
     seconds: float
     load: Load
+    # The stack's container events while it ran (start, kill, die, health_status...).
+    events: list[dict[str, Any]]
+
+    def times(self, action: str, container_ids: set[str]) -> list[float]:
+        """When any of these containers had `action` ("kill", "health_status: unhealthy")."""
+        return [
+            event["timeNano"] / 1e9
+            for event in self.events
+            if event.get("Action") == action and event.get("id") in container_ids
+        ]
+
+
+class ContainerEvents:
+    """Records a stack's container events as they happen. Docker answers a query for past
+    events from the last 256 only, which a busy engine (every healthcheck run is three
+    events) overwrites within seconds."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._stream = stack.docker.events(
+            decode=True,
+            filters={"type": "container", "label": f"com.docker.compose.project={stack.project}"},
+        )
+        self._thread = threading.Thread(target=self._record, daemon=True)
+
+    def _record(self) -> None:
+        try:
+            for event in self._stream:
+                if not str(event.get("Action", "")).startswith("exec_"):
+                    self.events.append(event)
+        except Exception:  # the stream ends, one way or another, when it is closed
+            return
+
+    def __enter__(self) -> ContainerEvents:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        time.sleep(0.5)  # the last events of the action are on their way
+        self._stream.close()
+        self._thread.join(timeout=10)
 
 
 def state_dir(stack: Stack) -> Path:
@@ -119,7 +160,10 @@ def under_load(
 ) -> Deploy:
     """Runs `action` inside a bounded load through Traefik, with 3 s of load either side.
     The deploy counts as finished when `action` returns and, if given, `done()` returns."""
-    with Load(stack, request=version_mix, clients=4, max_seconds=120) as load:
+    with (
+        ContainerEvents(stack) as events,
+        Load(stack, request=version_mix, clients=4, max_seconds=120) as load,
+    ):
         time.sleep(3)
         started = time.monotonic()
         result = action()
@@ -127,7 +171,7 @@ def under_load(
             done()
         seconds = time.monotonic() - started
         time.sleep(3)
-    return Deploy(result, seconds, load)
+    return Deploy(result, seconds, load, events.events)
 
 
 def versions(outcomes: list[Outcome]) -> list[str]:
@@ -144,23 +188,6 @@ def version_answer(stack: Stack) -> str | None:
 def serving(stack: Stack) -> str:
     """The version Traefik routes to (right after `up`, Traefik may 404 for a second)."""
     return wait_for(lambda: version_answer(stack), timeout=10, what="/api/version")
-
-
-def sigterm_times(stack: Stack, container_ids: set[str], since: float) -> list[float]:
-    events = stack.docker.events(
-        since=int(since) - 1, until=int(time.time()) + 1,
-        filters={"type": "container", "event": "kill"}, decode=True,
-    )  # fmt: skip
-    return [e["timeNano"] / 1e9 for e in events if e["id"] in container_ids]
-
-
-def health_times(stack: Stack, container_ids: set[str], since: float, status: str) -> list[float]:
-    """When any of these containers' health turned `status` (healthy, unhealthy)."""
-    events = stack.docker.events(
-        since=int(since) - 1, until=int(time.time()) + 1,
-        filters={"type": "container", "event": f"health_status: {status}"}, decode=True,
-    )  # fmt: skip
-    return [e["timeNano"] / 1e9 for e in events if e["id"] in container_ids]
 
 
 def app_ids(stack: Stack) -> set[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 
 import docker
@@ -18,11 +17,9 @@ from tests.stack.deploying import (
     app_ids,
     deploy_script,
     finish,
-    health_times,
     interrupted_deploy,
     record,
     serving,
-    sigterm_times,
     start_deploy,
     state_dir,
     under_load,
@@ -86,7 +83,6 @@ def stack(stack_factory: Callable[..., Stack], images: None) -> Stack:
 def test_a_new_version_deploys_with_zero_failed_requests(stack: Stack) -> None:
     assert serving(stack) == "v1"
     old = app_ids(stack)
-    began = time.time()
 
     deploy = under_load(stack, lambda: deploy_script(stack, "--tag", "v2"))
 
@@ -98,8 +94,8 @@ def test_a_new_version_deploys_with_zero_failed_requests(stack: Stack) -> None:
     assert app_ids(stack).isdisjoint(old)
     # Traefik stopped routing to the old container before it got SIGTERM: it was reported
     # unhealthy (so dropped), and the last request it answered had started, before that.
-    stopped_at = min(sigterm_times(stack, old, began))
-    unhealthy_at = health_times(stack, old, began, "unhealthy")
+    stopped_at = min(deploy.times("kill", old))
+    unhealthy_at = deploy.times("health_status: unhealthy", old)
     assert unhealthy_at, "the old container was never reported unhealthy"
     assert min(unhealthy_at) < stopped_at
     last_old = max(o.started for o in deploy.load.outcomes if o.tag == "v1")
@@ -146,7 +142,6 @@ def test_a_failing_migration_changes_nothing(stack: Stack) -> None:
 
 def test_rollback_returns_to_the_previous_version(stack: Stack) -> None:
     old = app_ids(stack)
-    began = time.time()
 
     deploy = under_load(stack, lambda: deploy_script(stack, "--rollback"))
 
@@ -154,7 +149,7 @@ def test_rollback_returns_to_the_previous_version(stack: Stack) -> None:
     assert "rolling back to v1" in deploy.result.stderr
     assert deploy.load.failures() == []
     assert versions(deploy.load.outcomes)[-10:] == ["v1"] * 10
-    stopped_at = min(sigterm_times(stack, old, began))
+    stopped_at = min(deploy.times("kill", old))
     assert max(o.started for o in deploy.load.outcomes if o.tag == "v2") < stopped_at
     # The schema stays where it was: v1 runs on v2's expanded schema.
     assert stack.psql("SELECT version_num FROM alembic_version") == "0002"
