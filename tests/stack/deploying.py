@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from tests.stack.faults import Load, Outcome, report, summary
-from tests.stack.harness import ROOT, Stack, wait_for
+from tests.stack.harness import ROOT, ContainerEvents, Stack, wait_for
 
 FIXTURES = ROOT / "tests" / "stack" / "fixtures"
 
@@ -34,37 +34,6 @@ class Deploy:
             for event in self.events
             if event.get("Action") == action and event.get("id") in container_ids
         ]
-
-
-class ContainerEvents:
-    """Records a stack's container events as they happen. Docker answers a query for past
-    events from the last 256 only, which a busy engine (every healthcheck run is three
-    events) overwrites within seconds."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._stream = stack.docker.events(
-            decode=True,
-            filters={"type": "container", "label": f"com.docker.compose.project={stack.project}"},
-        )
-        self._thread = threading.Thread(target=self._record, daemon=True)
-
-    def _record(self) -> None:
-        try:
-            for event in self._stream:
-                if not str(event.get("Action", "")).startswith("exec_"):
-                    self.events.append(event)
-        except Exception:  # the stream ends, one way or another, when it is closed
-            return
-
-    def __enter__(self) -> ContainerEvents:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        time.sleep(0.5)  # the last events of the action are on their way
-        self._stream.close()
-        self._thread.join(timeout=10)
 
 
 def state_dir(stack: Stack) -> Path:

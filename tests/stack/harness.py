@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -129,6 +130,7 @@ def wait_for(
 
 
 _handed_out: set[str] = set()
+SERVICE_LABEL = "com.docker.compose.service"
 
 
 def free_subnet() -> str:
@@ -302,6 +304,45 @@ class Stack:
         for event in events:
             if event.get("id") in ids:
                 yield event["timeNano"] / 1e9, event["status"].split(":", 1)[1].strip()
+
+
+class ContainerEvents:
+    """Records a stack's container events as they happen. Docker answers a query for past
+    events from the last 256 only, which a busy engine (every healthcheck run is three
+    events) overwrites within seconds."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._stream = stack.docker.events(
+            decode=True,
+            filters={"type": "container", "label": f"com.docker.compose.project={stack.project}"},
+        )
+        self._thread = threading.Thread(target=self._record, daemon=True)
+
+    def _record(self) -> None:
+        try:
+            for event in self._stream:
+                if not str(event.get("Action", "")).startswith("exec_"):
+                    self.events.append(event)
+        except Exception:  # the stream ends, one way or another, when it is closed
+            return
+
+    def __enter__(self) -> ContainerEvents:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        time.sleep(0.5)  # the last events of the action are on their way
+        self._stream.close()
+        self._thread.join(timeout=10)
+
+    def first(self, action: str, service: str) -> float:
+        """When a container of `service` first had `action` ("health_status: healthy")."""
+        for event in self.events:
+            labels = event.get("Actor", {}).get("Attributes", {})
+            if event.get("Action") == action and labels.get(SERVICE_LABEL) == service:
+                return float(event["timeNano"]) / 1e9
+        raise AssertionError(f"no {action!r} event for {service}")
 
 
 def derived_image(

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.stack.harness import Stack, parse_docker_time, wait_for
+from tests.stack.harness import ContainerEvents, Stack, parse_docker_time, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -38,30 +38,30 @@ def started(stack_factory: Callable[..., Stack]) -> tuple[Stack, dict[str, float
 
     poller = threading.Thread(target=poll)
     began = time.time()
-    poller.start()
-    try:
-        stack.up(wait=False)
-        poller.join(timeout=120)
-    finally:
-        stop.set()
-        poller.join()
+    # Recorded as they happen: Docker keeps only its last 256 events for a later query.
+    with ContainerEvents(stack) as events:
+        poller.start()
+        try:
+            stack.up(wait=False)
+            poller.join(timeout=120)
+        finally:
+            stop.set()
+            poller.join()
     assert "at" in first_success, "no request through Traefik succeeded within 120 s"
-    return stack, {"began": began, "first_success": first_success["at"]}
-
-
-def first_healthy(stack: Stack, service: str, since: float) -> float:
-    for when, status in stack.health_events(service, since, time.time()):
-        if status == "healthy":
-            return when
-    raise AssertionError(f"{service} never reported healthy")
+    return stack, {
+        "began": began,
+        "first_success": first_success["at"],
+        "db_healthy": events.first("health_status: healthy", "db"),
+        "app_healthy": events.first("health_status: healthy", "app"),
+    }
 
 
 def test_startup_order(started: tuple[Stack, dict[str, float]]) -> None:
     stack, times = started
-    db_healthy = first_healthy(stack, "db", times["began"])
+    db_healthy = times["db_healthy"]
     migrate = stack.state("migrate")
     app = stack.state("app")
-    app_healthy = first_healthy(stack, "app", times["began"])
+    app_healthy = times["app_healthy"]
 
     assert migrate["ExitCode"] == 0
     assert db_healthy < parse_docker_time(migrate["StartedAt"])
