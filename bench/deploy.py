@@ -23,6 +23,7 @@ from typing import Any
 import docker
 
 from tests.stack.deploying import (
+    Deploy,
     deploy_script,
     figures,
     finish,
@@ -41,30 +42,40 @@ STEPS = (
     ("migrate, start the new containers", "deploy: waiting for"),
     ("new containers healthy", "deploy: healthy;"),
     ("routed by Traefik", "deploy: draining"),
-    ("old containers unhealthy", "deploy: unhealthy;"),
-    ("Traefik answers from the new release alone", "deploy: stopping"),
+    ("old containers out of routing, proven through Traefik", "deploy: stopping"),
     ("old containers stopped, release recorded", "deploy: done"),
 )
+# Within the drain: from the drain flag to Docker reporting the old container unhealthy.
+UNHEALTHY = "of which: old containers reported unhealthy"
 
 
 def stepped_deploy(
-    stack: Stack, tag: str
-) -> tuple[subprocess.CompletedProcess[str], dict[str, float]]:
-    """scripts/deploy --tag TAG, with the seconds each of its STEPS took."""
-    began = time.monotonic()
-    lines: list[tuple[str, float]] = []
-    result = finish(
-        start_deploy(stack, "--tag", tag), lambda line: lines.append((line, time.monotonic()))
-    )
-    steps: dict[str, float] = {}
+    stack: Stack, tag: str, lines: list[tuple[str, float]]
+) -> subprocess.CompletedProcess[str]:
+    """scripts/deploy --tag TAG; each line it prints, with when, goes to `lines`."""
+    return finish(start_deploy(stack, "--tag", tag), lambda line: lines.append((line, time.time())))
+
+
+def steps(began: float, lines: list[tuple[str, float]], deploy: Deploy) -> dict[str, float]:
+    """The seconds each of STEPS took, and how long the old containers took to be reported
+    unhealthy after the drain began (from the stack's recorded events)."""
+    taken: dict[str, float] = {}
     previous = began
     for name, marker in STEPS:
         at = next((moment for line, moment in lines if line.startswith(marker)), None)
         if at is None:
             break
-        steps[name] = round(at - previous, 2)
+        taken[name] = round(at - previous, 2)
         previous = at
-    return result, steps
+    drained = next((moment for line, moment in lines if line.startswith("deploy: draining")), None)
+    unhealthy = [
+        event["timeNano"] / 1e9
+        for event in deploy.events
+        if event.get("Action") == "health_status: unhealthy"
+    ]
+    if drained is not None and unhealthy:
+        taken[UNHEALTHY] = round(min(unhealthy) - drained, 2)
+    return taken
 
 
 def run(rounds: int) -> dict[str, list[dict[str, Any]]]:
@@ -80,15 +91,16 @@ def run(rounds: int) -> dict[str, list[dict[str, Any]]]:
             for number in range(rounds):
                 berth_tag, naive_tag = tags[2 * number + 1], tags[2 * number + 2]
 
-                steps: dict[str, float] = {}
+                lines: list[tuple[str, float]] = []
+                began: list[float] = []
 
                 def berth_deploy() -> subprocess.CompletedProcess[str]:
-                    result, timed_steps = stepped_deploy(stack, berth_tag)  # noqa: B023
-                    steps.update(timed_steps)  # noqa: B023
-                    return result
+                    began.append(time.time())  # noqa: B023
+                    return stepped_deploy(stack, berth_tag, lines)  # noqa: B023
 
                 berth = under_load(stack, berth_deploy)
-                results["scripts/deploy"].append({**figures(berth), "steps": steps})
+                timed = steps(began[0], lines, berth)
+                results["scripts/deploy"].append({**figures(berth), "steps": timed})
                 stack.set_env(APP_TAG=naive_tag)
                 naive = under_load(
                     stack,
@@ -136,7 +148,7 @@ def markdown(results: dict[str, list[dict[str, Any]]], when: str) -> str:
         "| step | median | each round |",
         "|---|---|---|",
     ]
-    for name, _ in STEPS:
+    for name in [name for name, _ in STEPS] + [UNHEALTHY]:
         each = [round_steps[name] for round_steps in steps if name in round_steps]
         if each:
             each_round = ", ".join(f"{seconds:.1f}" for seconds in each)

@@ -1,7 +1,7 @@
 """The app container's healthcheck: `python -m berth.healthcheck`.
 
-Docker runs it `interval` (0.5 s) after the container starts, then `interval` after each run
-ends. This engine has no `start_interval` (API 1.41), so one setting has to serve needs that
+Docker runs it `interval` (0.25 s) after the container starts, then `interval` after each
+run ends. This engine has no `start_interval` (API 1.41), so one setting has to serve needs that
 pull apart; a marker on the container's tmpfs /tmp (empty at every start) tells them apart:
 
 - **Start-up**, until the first pass: a run waits up to STARTUP_WAIT_SECONDS for the app, so
@@ -13,10 +13,10 @@ pull apart; a marker on the container's tmpfs /tmp (empty at every start) tells 
   run costs a `docker exec`, about 40 ms of CPU in the container and as much in the daemon
   here (bench/tuning.md): on a small, busy server those bursts show in the latency tail.
 - **Draining** (scripts/deploy creates DRAIN_FLAG): a run fails at once, also in the middle
-  of a pause, and so do the runs after it: Docker reports the container unhealthy about
-  1 s after the flag appears, and Traefik, which routes only to healthy containers, stops
-  sending it requests before scripts/deploy stops it. (Traefik keeps routing to a stopping
-  container until it dies: only its health takes it out earlier.)
+  of a pause, and so do the runs after it: Docker reports the container unhealthy (3 failed
+  runs, `retries: 3`) under a second after the flag appears, and Traefik, which routes only
+  to healthy containers, stops sending it requests before scripts/deploy stops it. (Traefik
+  keeps routing to a stopping container until it dies: only its health takes it out.)
 
 It imports nothing from the app and speaks HTTP/1.0 over a bare socket: importing urllib
 alone took 24 ms of CPU per run.
@@ -33,7 +33,7 @@ ADDRESS = ("127.0.0.1", 8000)
 REQUEST = b"GET /health/live HTTP/1.0\r\nHost: localhost\r\n\r\n"
 CHECK_TIMEOUT_SECONDS = 2.0
 STARTUP_WAIT_SECONDS = 6.0
-PAUSE_SECONDS = 2.5  # + compose.yaml's interval (0.5 s): a check every 3 s
+PAUSE_SECONDS = 2.75  # + compose.yaml's interval (0.25 s): a check every 3 s
 POLL_SECONDS = 0.05
 # On the container's own private tmpfs /tmp (compose.yaml): emptied at every start.
 DRAIN_FLAG = "/tmp/berth-draining"  # noqa: S108
