@@ -4,7 +4,8 @@
 
 Each round deploys a new version twice under the same load through Traefik over HTTPS
 (4 clients, GET /api/version, GET /api/items, POST /api/items), once with scripts/deploy
-and once by changing the image and running `docker compose up -d`. Writes
+and once by changing the image and running `docker compose up -d`. scripts/deploy's own
+lines time its steps (the README's timing budget). Writes
 bench/results/deploy-<timestamp>.json and bench/results/deploy.md.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -20,12 +22,60 @@ from typing import Any
 
 import docker
 
-from tests.stack.deploying import deploy_script, figures, under_load, version_answer
+from tests.stack.deploying import (
+    Deploy,
+    deploy_script,
+    figures,
+    finish,
+    start_deploy,
+    under_load,
+    version_answer,
+)
 from tests.stack.harness import Stack, build_test_image, derived_image, wait_for
 
 RESULTS = Path(__file__).parent / "results"
 # scripts/deploy points <repository>:latest at what it deployed: use a repository of our own.
 REPOSITORY = "berth-bench-deploy"
+# Each step of scripts/deploy ends where it prints the line starting with its marker.
+STEPS = (
+    ("preflight (and reading the config)", "deploy: migrating the schema"),
+    ("migrate, start the new containers", "deploy: waiting for"),
+    ("new containers healthy", "deploy: healthy;"),
+    ("routed by Traefik", "deploy: draining"),
+    ("old containers out of routing, proven through Traefik", "deploy: stopping"),
+    ("old containers stopped, release recorded", "deploy: done"),
+)
+# Within the drain: from the drain flag to Docker reporting the old container unhealthy.
+UNHEALTHY = "of which: old containers reported unhealthy"
+
+
+def stepped_deploy(
+    stack: Stack, tag: str, lines: list[tuple[str, float]]
+) -> subprocess.CompletedProcess[str]:
+    """scripts/deploy --tag TAG; each line it prints, with when, goes to `lines`."""
+    return finish(start_deploy(stack, "--tag", tag), lambda line: lines.append((line, time.time())))
+
+
+def steps(began: float, lines: list[tuple[str, float]], deploy: Deploy) -> dict[str, float]:
+    """The seconds each of STEPS took, and how long the old containers took to be reported
+    unhealthy after the drain began (from the stack's recorded events)."""
+    taken: dict[str, float] = {}
+    previous = began
+    for name, marker in STEPS:
+        at = next((moment for line, moment in lines if line.startswith(marker)), None)
+        if at is None:
+            break
+        taken[name] = round(at - previous, 2)
+        previous = at
+    drained = next((moment for line, moment in lines if line.startswith("deploy: draining")), None)
+    unhealthy = [
+        event["timeNano"] / 1e9
+        for event in deploy.events
+        if event.get("Action") == "health_status: unhealthy"
+    ]
+    if drained is not None and unhealthy:
+        taken[UNHEALTHY] = round(min(unhealthy) - drained, 2)
+    return taken
 
 
 def run(rounds: int) -> dict[str, list[dict[str, Any]]]:
@@ -41,8 +91,16 @@ def run(rounds: int) -> dict[str, list[dict[str, Any]]]:
             for number in range(rounds):
                 berth_tag, naive_tag = tags[2 * number + 1], tags[2 * number + 2]
 
-                berth = under_load(stack, lambda: deploy_script(stack, "--tag", berth_tag))  # noqa: B023
-                results["scripts/deploy"].append(figures(berth))
+                lines: list[tuple[str, float]] = []
+                began: list[float] = []
+
+                def berth_deploy() -> subprocess.CompletedProcess[str]:
+                    began.append(time.time())  # noqa: B023
+                    return stepped_deploy(stack, berth_tag, lines)  # noqa: B023
+
+                berth = under_load(stack, berth_deploy)
+                timed = steps(began[0], lines, berth)
+                results["scripts/deploy"].append({**figures(berth), "steps": timed})
                 stack.set_env(APP_TAG=naive_tag)
                 naive = under_load(
                     stack,
@@ -82,6 +140,19 @@ def markdown(results: dict[str, list[dict[str, Any]]], when: str) -> str:
             f"| {max(r['slowest_seconds'] for r in rounds):.2f} "
             f"| {statistics.median(seconds):.1f} ({max(seconds):.1f}) |"
         )
+    steps = [r["steps"] for r in results["scripts/deploy"]]
+    lines += [
+        "",
+        "`scripts/deploy` step by step, seconds (median, and each round):",
+        "",
+        "| step | median | each round |",
+        "|---|---|---|",
+    ]
+    for name in [name for name, _ in STEPS] + [UNHEALTHY]:
+        each = [round_steps[name] for round_steps in steps if name in round_steps]
+        if each:
+            each_round = ", ".join(f"{seconds:.1f}" for seconds in each)
+            lines.append(f"| {name} | {statistics.median(each):.1f} | {each_round} |")
     lines += [
         "",
         "A deploy's seconds run from the command's start until the new version serves: for",

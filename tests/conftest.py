@@ -11,7 +11,7 @@ import pytest
 from berth.settings import Settings
 
 # The *_IMAGE variables stay: they are how the sandbox swaps in local images.
-LEAKY_PREFIXES = ("COMPOSE_", "ACME_", "TRAEFIK_", "EDGE_")
+LEAKY_PREFIXES = ("COMPOSE_", "ACME_", "TRAEFIK_", "EDGE_", "DEPLOY_")
 LEAKY_NAMES = {
     "APP_IMAGE",
     "APP_TAG",
@@ -19,6 +19,7 @@ LEAKY_NAMES = {
     "HTTPS_PORT",
     "PUBLISH_ADDRESS",
     "PROXY_SUBNET",
+    "BERTH_STATE_DIR",
     *(name.upper() for name in Settings.model_fields),
     *(f"{name.upper()}_FILE" for name in Settings.model_fields),
 }

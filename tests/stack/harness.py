@@ -8,7 +8,6 @@ test's stack. `down -v` runs however the test ends (Ryuk is off here).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import io
 import os
 import random
@@ -159,6 +158,7 @@ def wait_for(
 
 
 _handed_out: set[str] = set()
+SERVICE_LABEL = "com.docker.compose.service"
 
 
 def free_subnet() -> str:
@@ -324,9 +324,9 @@ class Stack:
     def logs(self, service: str) -> str:
         return self.run("logs", "--no-log-prefix", "--no-color", service).stdout
 
-    def watch_health(self) -> HealthWatch:
-        """Collect this stack's health_status events from now on, as they happen."""
-        return HealthWatch(self)
+    def watch_health(self) -> ContainerEvents:
+        """Collect this stack's container events from now on, as they happen."""
+        return ContainerEvents(self).start()
 
     def health_events(
         self, service: str, since: float, until: float
@@ -347,6 +347,70 @@ class Stack:
         for event in events:
             if event.get("id") in ids:
                 yield event["timeNano"] / 1e9, event["status"].split(":", 1)[1].strip()
+
+
+class ContainerEvents:
+    """Records a stack's container events as they happen. Docker answers a query for past
+    events from the last 256 only, which a busy engine (every healthcheck run is three
+    events) overwrites within seconds."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._stream = stack.docker.events(
+            decode=True,
+            filters={"type": "container", "label": f"com.docker.compose.project={stack.project}"},
+        )
+        self._thread = threading.Thread(target=self._record, daemon=True)
+
+    def _record(self) -> None:
+        try:
+            for event in self._stream:
+                if not str(event.get("Action", "")).startswith("exec_"):
+                    self.events.append(event)
+        except Exception:  # the stream ends, one way or another, when it is closed
+            return
+
+    def start(self) -> ContainerEvents:
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> ContainerEvents:
+        return self if self._thread.is_alive() else self.start()
+
+    def __exit__(self, *_: object) -> None:
+        time.sleep(0.5)  # the last events of the action are on their way
+        self._stream.close()
+        self._thread.join(timeout=10)
+
+    def first(self, action: str, service: str) -> float:
+        """When a container of `service` first had `action` ("health_status: healthy")."""
+        for event in list(self.events):
+            labels = event.get("Actor", {}).get("Attributes", {})
+            if event.get("Action") == action and labels.get(SERVICE_LABEL) == service:
+                return float(event["timeNano"]) / 1e9
+        raise AssertionError(f"no {action!r} event for {service}")
+
+    def health(self, service: str, status: str, after: float = 0.0) -> float | None:
+        """When `service` first reported health `status` after `after`, if it has."""
+        for event in list(self.events):
+            labels = event.get("Actor", {}).get("Attributes", {})
+            when = float(event["timeNano"]) / 1e9
+            if (
+                event.get("Action") == f"health_status: {status}"
+                and labels.get(SERVICE_LABEL) == service
+                and when > after
+            ):
+                return when
+        return None
+
+    def wait(self, service: str, status: str, after: float = 0.0, timeout: float = 30) -> float:
+        """Until `service` reports health `status` after `after`; when it did."""
+        return wait_for(
+            lambda: self.health(service, status, after),
+            timeout=timeout,
+            interval=0.1,
+            what=f"{service} to report {status}",
+        )
 
 
 def derived_image(
@@ -389,54 +453,3 @@ def build_test_image(root: Path = ROOT, image: str = TEST_IMAGE) -> None:
         check=True,
         timeout=900,
     )
-
-
-class HealthWatch:
-    """A stack's health_status events, read live from the engine's event stream by a
-    thread, from creation until `close`: [(time, service, status)]."""
-
-    def __init__(self, stack: Stack) -> None:
-        self._stream = stack.docker.events(
-            filters={
-                "type": "container",
-                "event": "health_status",
-                "label": f"com.docker.compose.project={stack.project}",
-            },
-            decode=True,
-        )
-        self.events: list[tuple[float, str, str]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        with contextlib.suppress(Exception):  # the stream ends with an error on close
-            for event in self._stream:
-                service = event["Actor"]["Attributes"].get("com.docker.compose.service", "")
-                status = event["status"].split(":", 1)[1].strip()
-                self.events.append((event["timeNano"] / 1e9, service, status))
-
-    def first(self, service: str, status: str, after: float = 0.0) -> float | None:
-        """When `service` first reported `status` after `after`, if it has."""
-        return next(
-            (when for when, name, said in list(self.events)
-             if name == service and said == status and when > after),
-            None,
-        )  # fmt: skip
-
-    def wait(self, service: str, status: str, after: float = 0.0, timeout: float = 30) -> float:
-        return wait_for(
-            lambda: self.first(service, status, after),
-            timeout=timeout,
-            interval=0.1,
-            what=f"{service} to report {status}",
-        )
-
-    def close(self) -> None:
-        self._stream.close()
-        self._reader.join(timeout=5)
-
-    def __enter__(self) -> HealthWatch:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()

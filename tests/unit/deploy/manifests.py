@@ -660,7 +660,11 @@ def check_database(objects: list[Object], compose: dict[str, Any], secrets_dir: 
         )
         if not env.get("PGDATA", "").startswith(f"{data_mount}/"):
             problems.append(f"{where}: PGDATA {env.get('PGDATA')} is not below {data_mount}")
-        compose_check = db["healthcheck"]["test"][1].replace("$$", "$")
+        # Compose wraps its check in a retry loop (that engine has no start_interval; here a
+        # startupProbe does that job): the pg_isready call itself must be the same.
+        compose_test = db["healthcheck"]["test"][1].replace("$$", "$")
+        call = re.search(r"pg_isready[^;]*", compose_test)
+        compose_check = call.group(0) if call else compose_test
         probe = entry.get("readinessProbe", {}).get("exec", {}).get("command", [])
         if probe[-1:] != [compose_check]:
             problems.append(
