@@ -126,7 +126,9 @@ def locked_command(args: argparse.Namespace, settings: config.Settings, ops: Ope
                 ops.prune_offsite()
             except BackupError:
                 failed = True  # logged; the local backup stands
-        if ops.pgbackrest is not None:
+        if ops.pgbackrest is not None and failed:
+            log("skipped the base backup: the bucket is unreachable")
+        elif ops.pgbackrest is not None:
             try:
                 ops.base_backup()
             except BackupError:

@@ -77,9 +77,11 @@ class Pitr:
     same bucket, encrypted with `passphrase`."""
 
     passphrase: str
+    base_every: int  # seconds: a base backup when the newest one is older
     full_every: int  # seconds: a full base backup when the last full one is older
     keep_full: int
     archive_timeout: int  # seconds: Postgres switches WAL at least this often when busy
+    max_lag: int  # seconds a finished WAL segment may wait for the archive before an alert
     queue_max_mb: int  # pg_wal budget for WAL waiting to be archived
 
 
@@ -138,6 +140,9 @@ def load_pitr(env: Mapping[str, str], s3: S3 | None) -> Pitr | None:
         )
     return Pitr(
         passphrase=passphrase,
+        base_every=parse_duration(
+            env.get("BACKUP_PITR_BASE_EVERY", "") or "1d", "BACKUP_PITR_BASE_EVERY"
+        ),
         full_every=parse_duration(
             env.get("BACKUP_PITR_FULL_EVERY", "") or "7d", "BACKUP_PITR_FULL_EVERY"
         ),
@@ -145,6 +150,7 @@ def load_pitr(env: Mapping[str, str], s3: S3 | None) -> Pitr | None:
         archive_timeout=parse_duration(
             env.get("BACKUP_WAL_ARCHIVE_TIMEOUT", "") or "60s", "BACKUP_WAL_ARCHIVE_TIMEOUT"
         ),
+        max_lag=parse_duration(env.get("BACKUP_WAL_MAX_LAG", "") or "5m", "BACKUP_WAL_MAX_LAG"),
         queue_max_mb=max(64, number(env, "BACKUP_WAL_QUEUE_MAX_MB", 2048)),
     )
 

@@ -14,7 +14,7 @@ from backup.config import Settings, postgres_env
 from backup.dumps import Dumps
 from backup.errors import BackupError
 from backup.offsite import Offsite
-from backup.pitr import Pgbackrest
+from backup.pitr import Pgbackrest, newest_base
 from backup.retention import to_keep
 from backup.schedule import format_duration
 from backup.state import State, locked
@@ -161,13 +161,21 @@ class Operations:
             )
 
     # -- point in time -------------------------------------------------------------
-    def base_backup(self, *, only_if_missing: bool = False) -> None:
+    def base_backup(self, *, unless_newer_than: float | None = None) -> float:
+        """A pgBackRest base backup (creating the repository first if need be); with
+        `unless_newer_than`, only if the bucket's newest is older than that many seconds.
+        Returns when the newest base backup finished."""
         assert self.pgbackrest is not None
         try:
             self.pgbackrest.ensure_stanza()
-            if only_if_missing and self.pgbackrest.info().get("backup"):
+            newest = newest_base(self.pgbackrest.info())
+            if (
+                unless_newer_than is not None
+                and newest
+                and time.time() - newest < unless_newer_than
+            ):
                 self.state.succeeded("base")
-                return
+                return newest
             started = time.monotonic()
             kind, label = self.pgbackrest.base_backup()
         except BackupError as error:
@@ -176,6 +184,7 @@ class Operations:
             raise
         self.state.succeeded("base", label=label)
         log(f"base backup {label} ({kind}) in {time.monotonic() - started:.1f}s")
+        return time.time()
 
     # -- verification --------------------------------------------------------------
     def newest_complete(self) -> str | None:

@@ -64,8 +64,9 @@ def pgbackrest_env(
         "PGBACKREST_LOG_LEVEL_CONSOLE": "off",
         "PGBACKREST_LOG_LEVEL_STDERR": "warn",
         "PGBACKREST_LOCK_PATH": "/tmp/pgbackrest",  # noqa: S108 (a tmpfs)
-        # Fail within a minute when the store is unreachable; the service retries.
-        "PGBACKREST_IO_TIMEOUT": "30",
+        # pgBackRest retries a connection for about 4 x io-timeout before it fails (seen:
+        # 120 s at 30): fail in about a minute and a half; the service retries on its own.
+        "PGBACKREST_IO_TIMEOUT": "20",
         "PGBACKREST_DB_TIMEOUT": "600",
     }
     if pitr:
@@ -150,6 +151,11 @@ def newest_full(info: Mapping[str, Any]) -> float | None:
         if backup.get("type") == "full"
     ]
     return max(fulls) if fulls else None
+
+
+def newest_base(info: Mapping[str, Any]) -> float | None:
+    stops = [float(backup["timestamp"]["stop"]) for backup in info.get("backup") or []]
+    return max(stops) if stops else None
 
 
 def oldest_restorable(info: Mapping[str, Any]) -> float | None:

@@ -5,8 +5,8 @@ archiver's figures every few seconds; and the metrics endpoint on :9102.
 
 Jobs: `backup` (a dump on BACKUP_SCHEDULE; at start too, when the newest backup is older
 than the schedule's period, so a server that was off at 03:00 catches up), then `upload`
-(off-site copies), `base` (a pgBackRest base backup) and retention; `verify` on
-BACKUP_VERIFY_SCHEDULE.
+(off-site copies) and retention; `base` (a pgBackRest base backup every
+BACKUP_PITR_BASE_EVERY); `verify` on BACKUP_VERIFY_SCHEDULE.
 """
 
 from __future__ import annotations
@@ -62,18 +62,12 @@ class Service:
             ),
         }
         self.passphrase_stored = False
-        # At start, a base backup only if the bucket has none (the first backup's chain
-        # takes one otherwise).
-        self.base_only_if_missing = True
 
     # -- the jobs ------------------------------------------------------------------
     def backup(self) -> None:
         self.ops.dump()
         if self.ops.offsite is not None:
             self.jobs["upload"].due = time.time()
-        if self.ops.pgbackrest is not None:
-            self.jobs["base"].due = time.time()
-            self.base_only_if_missing = False
         self.ops.prune()
 
     def upload(self) -> None:
@@ -81,16 +75,25 @@ class Service:
         self.ops.upload()
         self.ops.prune_offsite()
         self.ops.prune()
+        base = self.jobs["base"]
+        if base.failures:
+            base.due = time.time()  # the bucket is back: no need to wait out its backoff
 
     def base_backup(self) -> None:
         assert self.ops.pgbackrest is not None
         assert self.settings.pitr is not None
+        if self.jobs["upload"].failures:
+            # pgBackRest takes a minute and a half to give up on a bucket rclone just failed
+            # to reach; the upload's success brings this forward.
+            error = "skipped: the bucket is unreachable (see the off-site upload's error)"
+            self.ops.state.failed("base", error)
+            raise BackupError(error)
         if not self.passphrase_stored and self.ops.offsite is not None:
             # So that the bucket and the private key are all a restore needs.
             self.ops.offsite.put_secret(PASSPHRASE_KEY, self.settings.pitr.passphrase)
             self.passphrase_stored = True
-        self.ops.base_backup(only_if_missing=self.base_only_if_missing)
-        self.base_only_if_missing = False
+        newest = self.ops.base_backup(unless_newer_than=self.settings.pitr.base_every)
+        self.jobs["base"].due = newest + self.settings.pitr.base_every
 
     def verify(self) -> None:
         self.ops.verify()
@@ -116,8 +119,10 @@ class Service:
         if settings.pitr is not None and settings.s3 is not None:
             log(
                 f"point-in-time recovery: WAL and base backups to s3://{settings.s3.bucket}/"
-                f"{settings.s3.prefix}/pitr; a full base backup every "
-                f"{format_duration(settings.pitr.full_every)}, keeping {settings.pitr.keep_full}"
+                f"{settings.s3.prefix}/pitr; a base backup every "
+                f"{format_duration(settings.pitr.base_every)}, a full one every "
+                f"{format_duration(settings.pitr.full_every)}, keeping "
+                f"{settings.pitr.keep_full} full"
             )
         if settings.verify_schedule is not None:
             log(f'verifying the newest backup "{settings.verify_schedule.text}" (UTC)')
@@ -142,11 +147,14 @@ class Service:
         newest = self.ops.dumps.names()[:1]
         age = now - self.ops.dumps.stamp(newest[0]).timestamp() if newest else NEVER
         backup = self.jobs["backup"]
-        backup.due = now if age > self.settings.schedule.period else backup.next_regular(now)
+        # Catch up at once when the newest backup is older than the schedule's period (the
+        # server was off at 03:00) or than BACKUP_MAX_AGE (the health check says so).
+        overdue = age > min(self.settings.schedule.period, self.settings.max_age)
+        backup.due = now if overdue else backup.next_regular(now)
         if self.ops.offsite is not None and self.ops.awaiting_upload():
             self.jobs["upload"].due = now
         if self.ops.pgbackrest is not None:
-            self.jobs["base"].due = now if backup.due > now else NEVER
+            self.jobs["base"].due = now  # creates the repository; a base backup if due
         verify = self.jobs["verify"]
         if self.settings.verify_schedule is not None:
             last = float(self.ops.state.section("verify").get("last_success") or 0)
@@ -161,11 +169,12 @@ class Service:
                 job.step()
         except BackupError:
             job.failures += 1
+            failed_at = time.time()
             delay = backoff(job.failures, self.settings.retry_delay, MAX_RETRY_DELAY)
-            job.due = min(time.time() + delay, job.due)
+            job.due = min(failed_at + delay, job.due)
             self.ops.state.update(job.name, retry_at=job.due if job.due < NEVER else None)
             log(
-                f"retrying {job.name} in {format_duration(job.due - time.time())} "
+                f"retrying {job.name} in {format_duration(round(job.due - failed_at))} "
                 f"(attempt {job.failures + 1})"
             )
         else:

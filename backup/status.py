@@ -5,7 +5,9 @@ facts as Prometheus text.
 The WAL archiver is watched from here because a failing archive_command never stops
 Postgres by itself: every WAL segment waits in pg_wal until it is archived, so the volume
 fills at the write rate until Postgres stops. The service turns unhealthy as soon as
-archiving fails, and again when the WAL waiting passes half of BACKUP_WAL_QUEUE_MAX_MB.
+archiving fails, when a finished segment has waited longer than BACKUP_WAL_MAX_LAG (an
+archive that hangs rather than fails), and when the WAL waiting passes half of
+BACKUP_WAL_QUEUE_MAX_MB.
 """
 
 from __future__ import annotations
@@ -149,11 +151,11 @@ def problems(snap: Snapshot) -> list[str]:
         base = snap.section("base")
         if failing(base):
             found.append(f"base backup failed: {base.get('error')}{_retry(base, now)}")
-        found.extend(wal_problems(snap.wal, settings.pitr.queue_max_mb))
+        found.extend(wal_problems(snap.wal, settings.pitr.max_lag, settings.pitr.queue_max_mb))
     return found
 
 
-def wal_problems(wal: dict[str, Any], queue_max_mb: int) -> list[str]:
+def wal_problems(wal: dict[str, Any], max_lag: int, queue_max_mb: int) -> list[str]:
     if not wal:
         return []
     if wal["archive_mode"] != "on":
@@ -166,6 +168,11 @@ def wal_problems(wal: dict[str, Any], queue_max_mb: int) -> list[str]:
         found.append(
             f"WAL archiving is failing ({wal['ready']} segments waiting, last failed "
             f"{wal['last_failed_wal']}; see `docker compose logs db`)"
+        )
+    elif wal["ready"] and wal["lag"] > max_lag:
+        found.append(
+            f"WAL archiving is behind: a segment has waited {format_duration(wal['lag'])} "
+            f"(limit {format_duration(max_lag)}; {wal['ready']} waiting)"
         )
     waiting_mb = wal["ready"] * WAL_SEGMENT // 2**20
     if waiting_mb > queue_max_mb // 2:

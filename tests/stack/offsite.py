@@ -5,8 +5,11 @@ laptop would."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
+import os
+import re
 import secrets
 import subprocess
 from dataclasses import dataclass, field
@@ -119,10 +122,13 @@ class Bucket:
 
     # -- looking inside, through the S3 API --------------------------------------------
     def rclone(self, stack: Stack, *args: str, input: bytes | None = None) -> bytes:
-        """rclone against the bucket from a container on the stack's offsite network."""
+        """rclone against the bucket from a container on the stack's offsite network (or,
+        with "--entrypoint-sh", a shell script using it)."""
+        shell = args[:1] == ("--entrypoint-sh",)
+        args = ("-c", *args[1:]) if shell else args
         command = [
             "docker", "run", "--rm", "-i", "--network", f"{stack.project}_offsite",
-            "-v", f"{self.tls / 'ca.crt'}:/ca.crt:ro", "--entrypoint", "rclone",
+            "-v", f"{self.tls / 'ca.crt'}:/ca.crt:ro", "--entrypoint", "sh" if shell else "rclone",
             "-e", "RCLONE_CONFIG=/dev/null", "-e", "RCLONE_CA_CERT=/ca.crt",
             "-e", "RCLONE_CONFIG_T_TYPE=s3", "-e", "RCLONE_CONFIG_T_PROVIDER=Other",
             "-e", "RCLONE_CONFIG_T_ENDPOINT=https://s3",
@@ -135,6 +141,22 @@ class Bucket:
         if result.returncode != 0:
             raise AssertionError(f"rclone {' '.join(args)}: {result.stderr.decode()}")
         return result.stdout
+
+    def newest_copy(self, stack: Stack) -> tuple[str, bytes, dict[str, Any]]:
+        """The newest encrypted dump in the bucket: (name, bytes, the record beside it).
+        Read in one go: retention may prune it as soon as a newer one arrives."""
+        dumps = self.remote("dumps")
+        script = (
+            f'name=$(rclone lsf --include "*.dump.age" {dumps} | sort | tail -n 1) && '
+            f'echo "$name" && rclone cat "{dumps}/$name.json" && echo && '
+            f'rclone cat "{dumps}/$name" | base64 -w 0'
+        )
+        for _ in range(5):
+            output = self.rclone(stack, "--entrypoint-sh", script).decode().split("\n")
+            if len(output) >= 3 and output[1].strip():
+                name, record, data = output[0], output[1], output[2]
+                return name.removesuffix(".age"), base64.b64decode(data), json.loads(record)
+        raise AssertionError(f"no complete copy in the bucket: {output}")
 
     def remote(self, key: str) -> str:
         return f"t:{BUCKET}/{PREFIX}/{key}"
@@ -166,6 +188,17 @@ class Bucket:
             raise AssertionError(f"age --decrypt: {result.stderr.decode()}")
         return result.stdout
 
+    def dump_table(self, dump: bytes, table: str) -> str:
+        """A table's data as it is inside a (decrypted) dump: COPY text."""
+        result = subprocess.run(
+            ["docker", "run", "--rm", "-i", "--entrypoint", "sh", f"{TEST_DB_IMAGE}:latest",
+             "-c", f"cat > /tmp/dump && pg_restore --data-only --table={table} -f - /tmp/dump"],
+            input=dump, capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise AssertionError(f"pg_restore: {result.stderr.decode()}")
+        return result.stdout.decode()
+
 
 def is_pg_dump_archive(data: bytes) -> tuple[bool, str]:
     """pg_restore --list on these bytes: (readable, what it said)."""
@@ -175,3 +208,32 @@ def is_pg_dump_archive(data: bytes) -> tuple[bool, str]:
         input=data, capture_output=True, timeout=120, check=False,
     )  # fmt: skip
     return result.returncode == 0, (result.stdout + result.stderr).decode(errors="replace")
+
+
+def restore_to(stack: Stack, target: str) -> subprocess.CompletedProcess[str]:
+    """backup/restore-to, as an operator runs it from the checkout, against this stack."""
+    files = [*stack.files, *(f"tests/stack/compose/{name}" for name in stack.overrides)]
+    env = {
+        **os.environ,
+        "COMPOSE_PROJECT_NAME": stack.project,
+        "COMPOSE_FILE": ":".join(files),
+        "COMPOSE_ENV_FILES": str(stack.env_file),
+    }
+    result = subprocess.run(
+        [str(stack.root / "backup" / "restore-to"), target], cwd=stack.root, env=env,
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise AssertionError(f"restore-to {target} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def scrape(stack: Stack) -> dict[str, float]:
+    """The backup service's metrics, fetched from another container on its network (the
+    app's), as a Prometheus there would."""
+    script = (
+        "import urllib.request as u; print(u.urlopen('http://backup:9102/metrics').read().decode())"
+    )
+    text = stack.run("exec", "-T", "app", "python", "-c", script).stdout
+    samples = re.findall(r"^(berth_backup_\S+) (\S+)$", text, re.MULTILINE)
+    return {name: float(value) for name, value in samples}
