@@ -3,7 +3,7 @@ COMPOSE := docker compose
 DEV := $(COMPOSE) -f compose.yaml -f compose.dev.yaml
 DEMO := $(COMPOSE) -f compose.yaml -f compose.demo.yaml
 
-.PHONY: help up dev down logs migrate makemigration test lint bench deploy backup restore demo demo-reset
+.PHONY: help up dev down logs migrate makemigration test lint bench deploy backup backups restore restore-to demo demo-reset
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,11 +38,17 @@ bench: ## run the benchmark suite; results in bench/results/
 deploy: ## zero-downtime deploy of this checkout
 	scripts/deploy
 
-backup: ## take a backup now
+backup: ## take a backup now (dump, off-site copy, base backup)
 	$(COMPOSE) exec backup backup now
+
+backups: ## list backups, off-site copies and the point-in-time window
+	$(COMPOSE) exec backup backup list
 
 restore: ## restore a backup (app stopped first): make restore FILE=berth-20261124T030000Z.dump
 	$(COMPOSE) exec backup backup restore $(FILE)
+
+restore-to: ## point-in-time restore: make restore-to TIME=2026-11-24T10:15:00Z (TIME=latest: all)
+	backup/restore-to "$(TIME)"
 
 demo: ## the full stack with seeded demo data
 	$(DEMO) up -d --build --wait

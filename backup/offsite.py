@@ -10,6 +10,7 @@ rclone image (RCLONE_IMAGE). Neither needs a Python package.
 Layout in the bucket, under BACKUP_S3_PREFIX:
   dumps/<db>-<time>.dump.age        the encrypted dump
   dumps/<db>-<time>.dump.age.json   its Alembic revision, size and SHA-256 (not secret)
+  dumps/last-verified.json          the copy last verified good: retention keeps it
   keys/pitr-passphrase.age          pgBackRest's passphrase, encrypted to the same key
   pitr/                             pgBackRest's repository (WAL and base backups)
 """
@@ -31,6 +32,7 @@ from backup.errors import BackupError
 from backup.tools import one_line, run
 
 SUFFIX = ".age"
+VERIFIED_KEY = "dumps/last-verified.json"
 CHUNK = 1 << 20
 # Fail fast and let the service's own backoff retry: rclone's defaults wait minutes.
 RCLONE_FLAGS = (
@@ -252,6 +254,19 @@ class Offsite:
         # An object can lack its record (an upload interrupted between the two).
         with contextlib.suppress(BackupError):
             self.rclone("deletefile", self.remote(f"{key}.json"))
+
+    def mark_verified(self, name: str, at: float) -> None:
+        """Record in the bucket which copy was last verified good, so retention keeps it
+        even when run by a new server that has none of this one's records."""
+        self.rclone("rcat", self.remote(VERIFIED_KEY), input=json.dumps({"name": name, "at": at}))
+
+    def last_verified(self) -> str | None:
+        try:
+            data = json.loads(self.rclone("cat", self.remote(VERIFIED_KEY)) or "{}")
+        except (BackupError, ValueError):
+            return None
+        name = data.get("name") if isinstance(data, dict) else None
+        return name if isinstance(name, str) and name else None
 
     def probe(self) -> None:
         """Reach the bucket with these credentials, or a BackupError saying why not."""

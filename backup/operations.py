@@ -139,17 +139,27 @@ class Operations:
         return uploaded
 
     def prune_offsite(self) -> None:
+        try:
+            self._prune_offsite()
+        except BackupError as error:
+            self.state.failed("upload", f"off-site retention: {error}")
+            log(f"error: off-site retention failed: {error}")
+            raise
+
+    def _prune_offsite(self) -> None:
         assert self.offsite is not None
         objects = self.offsite.dumps()
         stamps = {}
         for name in objects:
             with contextlib.suppress(BackupError):
                 stamps[name] = self.dumps.stamp(name)
+        # The last copy verified good, by this server or by the one before it.
+        protected = self.protected() | {self.offsite.last_verified() or ""}
         keep = to_keep(
             stamps,
             daily=self.settings.offsite_keep_daily,
             weekly=self.settings.offsite_keep_weekly,
-            protected=self.protected(),
+            protected=protected,
         )
         for name in sorted(set(stamps) - keep):
             self.offsite.delete(name)
@@ -214,6 +224,12 @@ class Operations:
             log(f"error: verification failed: {error}")
             raise
         seconds = time.monotonic() - started
+        if self.offsite is not None:
+            try:
+                self.offsite.mark_verified(name, time.time())
+            except BackupError as error:
+                self.state.failed("verify", f"recording {name} as verified: {error}", name=name)
+                raise
         self.dumps.update_meta(name, verified={"at": time.time(), "ok": True, "tables": tables})
         self.state.succeeded("verify", name=name, good=name, tables=tables)
         rows = ", ".join(f"{table}={count}" for table, count in sorted(tables.items()))

@@ -67,7 +67,7 @@ class Service:
     def backup(self) -> None:
         self.ops.dump()
         if self.ops.offsite is not None:
-            self.jobs["upload"].due = time.time()
+            self.jobs["upload"].due = 0.0  # next, before any other job that is due
         self.ops.prune()
 
     def upload(self) -> None:
@@ -87,6 +87,7 @@ class Service:
             # to reach; the upload's success brings this forward.
             error = "skipped: the bucket is unreachable (see the off-site upload's error)"
             self.ops.state.failed("base", error)
+            log(f"base backup {error}")
             raise BackupError(error)
         if not self.passphrase_stored and self.ops.offsite is not None:
             # So that the bucket and the private key are all a restore needs.

@@ -11,6 +11,8 @@ import re
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.stack.faults import wait_healthy
 from tests.stack.harness import Stack, wait_for
 
@@ -25,15 +27,21 @@ def log_times(log: str, pattern: str) -> list[float]:
     return [calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) for stamp in stamps]
 
 
-def test_a_failed_backup_is_retried_with_backoff_not_at_the_next_slot(
-    stack_factory: Callable[..., Stack],
-) -> None:
-    period = 40
+PERIOD = 40
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory: Callable[..., Stack]) -> Stack:
     stack = stack_factory(
-        "backup-hardened.yaml", BACKUP_SCHEDULE=f"every {period}s", BACKUP_RETRY_DELAY="1s",
+        "backup-hardened.yaml", BACKUP_SCHEDULE=f"every {PERIOD}s", BACKUP_RETRY_DELAY="1s",
         BACKUP_HEALTH_INTERVAL="2s",
     )  # fmt: skip
     stack.up()
+    return stack
+
+
+def test_a_failed_backup_is_retried_with_backoff_not_at_the_next_slot(stack: Stack) -> None:
+    period = PERIOD
     log = stack.logs("backup")
     assert f'scheduled "every {period}s"' in log
     # A server that comes up with no recent backup takes one at once.
@@ -67,11 +75,10 @@ def test_a_failed_backup_is_retried_with_backoff_not_at_the_next_slot(
 
 
 def test_unhealthy_when_the_newest_backup_is_too_old_and_leftovers_go_at_start(
-    stack_factory: Callable[..., Stack],
+    stack: Stack,
 ) -> None:
-    stack = stack_factory(BACKUP_MAX_AGE="20s", BACKUP_HEALTH_INTERVAL="2s")
-    stack.up()  # the daily 03:00 schedule; a first backup at once
-    assert "wrote berth-" in stack.logs("backup")
+    stack.set_env(BACKUP_MAX_AGE="20s", BACKUP_SCHEDULE="03:00")
+    stack.up("backup")  # recreated: daily at 03:00
     wait_for(lambda: health(stack) == "unhealthy", timeout=60, what="staleness")
     output = stack.state("backup")["Health"]["Log"][-1]["Output"]
     assert re.match(r"newest backup is \d+s old \(limit 20s\)", output), output
