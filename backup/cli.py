@@ -63,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
         "pitr-restore", help="(db stopped) restore the data directory to TIME or latest"
     )
     pitr.add_argument("target", metavar="TIME")
+    pitr.add_argument("--check", action="store_true", help="check only; change nothing")
     commands.add_parser("pitr-adopt", help="archive this (new) cluster in the existing bucket")
     passphrase = commands.add_parser(
         "pitr-passphrase", help="print the PITR passphrase stored in the bucket"
@@ -152,7 +153,7 @@ def locked_command(args: argparse.Namespace, settings: config.Settings, ops: Ope
         restore_dump(ops, args.name, force=args.force, offsite=args.offsite, identity=args.identity)
         return 0
     if args.command == "pitr-restore":
-        restore_point_in_time(settings, ops, args.target)
+        restore_point_in_time(settings, ops, args.target, check_only=args.check)
         return 0
     if args.command == "pitr-adopt":
         if ops.pgbackrest is None:

@@ -90,6 +90,7 @@ class Pgbackrest:
         passphrase: str | None = None,
     ) -> None:
         self.pitr = pitr
+        self.where = f"s3://{s3.bucket}/{s3.prefix}/pitr"
         self.env = {
             **postgres_env,
             **pgbackrest_env(s3, pitr, pgdata=pgdata, pg_user=pg_user, passphrase=passphrase),

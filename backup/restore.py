@@ -203,9 +203,14 @@ def parse_target(text: str) -> datetime | None:
     return moment
 
 
-def restore_point_in_time(settings: Settings, ops: Operations, target_text: str) -> None:
+def restore_point_in_time(
+    settings: Settings, ops: Operations, target_text: str, *, check_only: bool = False
+) -> None:
+    """With `check_only`, everything but the restore: the target, the settings, the
+    bucket, a base backup before the target (backup/restore-to asks this before it stops
+    anything)."""
     target = parse_target(target_text)
-    if (Path(settings.pgdata) / "postmaster.pid").exists():
+    if not check_only and (Path(settings.pgdata) / "postmaster.pid").exists():
         raise BackupError(
             "the database is running: stop it first (docker compose stop db); nothing was changed"
         )
@@ -226,6 +231,9 @@ def restore_point_in_time(settings: Settings, ops: Operations, target_text: str)
             )
         if target.timestamp() > time.time():
             raise BackupError(f"{target_text} is in the future; nothing was changed")
+    if check_only:
+        log(f"{target_text} can be restored from {ops.pgbackrest.where}")
+        return
     started = time.monotonic()
     pgbackrest.restore(target)
     what = f"to {target:%Y-%m-%dT%H:%M:%S.%fZ}" if target else "to the end of the archive"

@@ -37,7 +37,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def fill(stack: Stack, rows: int) -> None:
     sql = (
-        "INSERT INTO items (name, price, description) SELECT 'bench-' || g, g % 1000 + 0.99, "
+        "INSERT INTO items (name, price, description) SELECT 'bench-' || g, mod(g, 1000) + 0.99, "
         "repeat('x', 100) FROM generate_series(1, %d) g"
     )
     stack.psql(sql % rows)
@@ -63,15 +63,24 @@ def restore_from_bucket(stack: Stack, bucket: Bucket, name: str) -> dict[str, fl
     }
 
 
-def write_load(stack: Stack, seconds: float, stop: threading.Event) -> None:
-    """1 MB transactions (100 rows of 10 kB) as fast as one session goes, until stopped."""
-    deadline = time.monotonic() + seconds
-    while not stop.is_set() and time.monotonic() < deadline:
-        stack.psql(
-            "INSERT INTO items (name, price, description) SELECT "
-            "'load-' || gen_random_uuid(), 1, repeat(md5(random()::text), 310) "
-            "FROM generate_series(1, 100)"
-        )
+WRITE_LOOP = (
+    "DO $$ DECLARE deadline timestamptz := clock_timestamp() + interval 'SECONDS seconds'; "
+    "BEGIN WHILE clock_timestamp() < deadline LOOP "
+    "INSERT INTO items (name, price, description) SELECT 'load-' || gen_random_uuid(), "
+    "1, repeat(md5(random()::text), 310) FROM generate_series(1, 100); COMMIT; "
+    "END LOOP; END $$"
+)
+
+
+def write_load(stack: Stack, seconds: float) -> None:
+    """One session inserting 1 MB transactions (100 rows of 10 kB) as fast as it can, each
+    committed, for `seconds`: the server's own pace, not the client's."""
+    stack.run(
+        "exec", "-T", "db", "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-U", "berth",
+        "-d", "berth", "-c",
+        WRITE_LOOP.replace("SECONDS", str(int(seconds))),
+        timeout=seconds + 120,
+    )  # fmt: skip
 
 
 def wal_lsn(stack: Stack) -> int:
@@ -80,27 +89,30 @@ def wal_lsn(stack: Stack) -> int:
 
 
 def archive_lag(stack: Stack, seconds: float) -> dict[str, Any]:
-    stop = threading.Event()
-    writers = [threading.Thread(target=write_load, args=(stack, seconds, stop))
-               for _ in range(2)]  # fmt: skip
+    """Two writing sessions for `seconds`, the backup service's metrics sampled meanwhile,
+    then until the archive has caught up."""
+    writers = [threading.Thread(target=write_load, args=(stack, seconds)) for _ in range(2)]
     start_lsn = wal_lsn(stack)
     archived_before = scrape(stack)["berth_backup_wal_archived_total"]
     started = time.monotonic()
     for writer in writers:
         writer.start()
     lags, waiting = [], []
-    try:
-        while time.monotonic() - started < seconds:
-            metrics = scrape(stack)
-            lags.append(metrics.get("berth_backup_wal_archive_lag_seconds", 0.0))
-            waiting.append(metrics.get("berth_backup_wal_pending_segments", 0.0))
-            time.sleep(1)
-    finally:
-        stop.set()
-        for writer in writers:
-            writer.join()
+    while any(writer.is_alive() for writer in writers):
+        metrics = scrape(stack)
+        lags.append(metrics.get("berth_backup_wal_archive_lag_seconds", 0.0))
+        waiting.append(metrics.get("berth_backup_wal_pending_segments", 0.0))
+        time.sleep(1)
+    for writer in writers:
+        writer.join()
     elapsed = time.monotonic() - started
     wal_mb = (wal_lsn(stack) - start_lsn) / 2**20
+    caught_up = time.monotonic()
+    while scrape(stack).get("berth_backup_wal_pending_segments", 0.0) > 0:
+        if time.monotonic() - caught_up > 600:
+            break
+        time.sleep(1)
+    catch_up = time.monotonic() - caught_up
     archived = scrape(stack)["berth_backup_wal_archived_total"] - archived_before
     lags.sort()
     return {
@@ -113,6 +125,7 @@ def archive_lag(stack: Stack, seconds: float) -> dict[str, Any]:
         "lag_seconds_p95": round(lags[int(0.95 * (len(lags) - 1))], 1),
         "lag_seconds_max": round(lags[-1], 1),
         "segments_waiting_max": int(max(waiting)),
+        "seconds_to_catch_up_after_load": round(catch_up, 1),
     }
 
 

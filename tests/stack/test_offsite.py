@@ -165,8 +165,9 @@ def test_an_outage_of_the_bucket(stack: Stack, bucket: Bucket) -> None:
         try:
             wait_healthy(stack, "backup", timeout=150)
         except TimeoutError:
-            raise AssertionError(f"{stack.state('backup')['Health']['Log'][-1]['Output']}\n"
-                                 f"{stack.logs('backup')}\n{stack.logs('db')[-3000:]}") from None  # fmt: skip
+            health = stack.state("backup")["Health"]["Log"][-1]["Output"]
+            logs = f"{stack.logs('backup')}\n{stack.logs('db')[-3000:]}"
+            raise AssertionError(f"not healthy again: {health}\n{logs}") from None
         recovered = time.time() - up
         wait_for(lambda: copied_after(stack, up), timeout=60,
                  what="a backup copied after the outage")  # fmt: skip
@@ -269,6 +270,14 @@ def test_restore_to_a_point_in_time(quiet: Stack) -> None:
     stack.psql("DELETE FROM items WHERE name IN ('at-t-0', 'at-t-1', 'at-t-2')")
     assert names_in_db(stack) != expected
 
+    # A time that cannot be restored stops nothing.
+    for bad, said in [("2026-11-24 10:15", "has no time zone"),
+                      ("2001-01-01T00:00:00Z", "is before the oldest base backup")]:  # fmt: skip
+        refused = restore_to(stack, bad, check=False)
+        assert refused.returncode != 0
+        assert said in refused.stderr
+        assert stack.state("app")["Running"]
+
     started = time.monotonic()
     result = restore_to(stack, moment)
     restored_in = time.monotonic() - started
@@ -299,6 +308,10 @@ def test_disaster_recovery_from_the_bucket_and_the_private_key(
 
     fresh = stack_factory("s3.yaml", **{**settings(bucket), **QUIET})
     fresh.up("s3", "s3-store")  # the bucket, which outlived the server
+    # The runbook's step 3: the passphrase, from the bucket, with the private key.
+    told = fresh.run("run", "--rm", "--no-deps", "-T", "backup", "pitr-passphrase",
+                     "--identity", "-", input=bucket.identity.read_text())  # fmt: skip
+    assert told.stdout.strip() == bucket.passphrase
     result = restore_to(fresh, "latest")  # the runbook's one command
 
     assert "done: the database is at latest" in result.stderr
