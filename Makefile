@@ -38,7 +38,7 @@ bench: ## run the benchmark suite; results in bench/results/
 deploy: ## zero-downtime deploy of this checkout
 	scripts/deploy
 
-backup: ## take a backup now (dump, off-site copy, base backup)
+backup: ## take a backup now (dump, off-site copy, WAL so far into the bucket)
 	$(COMPOSE) exec backup backup now
 
 backups: ## list backups, off-site copies and the point-in-time window

@@ -131,7 +131,11 @@ def locked_command(args: argparse.Namespace, settings: config.Settings, ops: Ope
             log("skipped the base backup: the bucket is unreachable")
         elif ops.pgbackrest is not None:
             try:
-                ops.base_backup()
+                # Everything written so far reaches the bucket: a base backup when one is
+                # due, else the current WAL segment, archived now rather than at the next
+                # archive_timeout.
+                assert settings.pitr is not None
+                ops.base_backup(unless_newer_than=settings.pitr.base_every, else_flush=True)
             except BackupError:
                 failed = True
         ops.prune()

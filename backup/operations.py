@@ -171,10 +171,14 @@ class Operations:
             )
 
     # -- point in time -------------------------------------------------------------
-    def base_backup(self, *, unless_newer_than: float | None = None) -> float:
+    def base_backup(
+        self, *, unless_newer_than: float | None = None, else_flush: bool = False
+    ) -> float:
         """A pgBackRest base backup (creating the repository first if need be); with
-        `unless_newer_than`, only if the bucket's newest is older than that many seconds.
-        Returns when the newest base backup finished."""
+        `unless_newer_than`, only if the bucket's newest is older than that many seconds,
+        and otherwise, with `else_flush`, the current WAL switched and archived, so that
+        everything written so far is in the bucket. Returns when the newest base backup
+        finished."""
         assert self.pgbackrest is not None
         try:
             self.pgbackrest.ensure_stanza()
@@ -184,6 +188,9 @@ class Operations:
                 and newest
                 and time.time() - newest < unless_newer_than
             ):
+                if else_flush:
+                    self.pgbackrest.run("check", timeout=300)  # switches WAL, waits for it
+                    log("archived the current WAL (the last base backup is recent)")
                 self.state.succeeded("base")
                 return newest
             started = time.monotonic()
