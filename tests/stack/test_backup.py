@@ -165,10 +165,11 @@ def test_restore_is_refused_while_the_app_is_connected(stack: Stack) -> None:
 def test_restore_force_disconnects_the_app_and_keeps_the_database_it_replaced(
     stack: Stack,
 ) -> None:
-    create(stack, "in-the-backup")
-    dump = backup_now(stack)
-    create(stack, "after-the-backup")
     with stack.client() as client:
+        kept_id = client.post("/api/items", json={"name": "in-the-backup", "price": "1"})
+        dump = backup_now(stack)
+        lost_id = client.post("/api/items", json={"name": "after-the-backup", "price": "1"})
+        assert kept_id.status_code == lost_id.status_code == 201
         client.get("/api/items")  # the app holds pooled connections
     before = databases(stack)
 
@@ -184,10 +185,8 @@ def test_restore_force_disconnects_the_app_and_keeps_the_database_it_replaced(
     # The app's connections were cut; its pool reconnects to the restored database.
     with stack.client() as client:
         wait_for(lambda: client.get("/health/ready").status_code == 200, timeout=30)
-        items = client.get("/api/items", params={"limit": 500}).json()["items"]
-    listed = {item["name"] for item in items}
-    assert "in-the-backup" in listed
-    assert "after-the-backup" not in listed
+        assert client.get(f"/api/items/{kept_id.json()['id']}").status_code == 200
+        assert client.get(f"/api/items/{lost_id.json()['id']}").status_code == 404
     stack.psql(f'DROP DATABASE "{kept.group(1)}"')
 
 
