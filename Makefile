@@ -3,7 +3,7 @@ COMPOSE := docker compose
 DEV := $(COMPOSE) -f compose.yaml -f compose.dev.yaml
 DEMO := $(COMPOSE) -f compose.yaml -f compose.demo.yaml
 
-.PHONY: help up dev down logs migrate makemigration test lint bench deploy backup restore demo demo-reset secrets
+.PHONY: help up dev down logs migrate makemigration test lint bench deploy backup backups restore restore-to demo demo-reset secrets
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,11 +41,17 @@ deploy: ## zero-downtime deploy of this checkout
 secrets: ## write production secrets to secrets/ (random, 0600); see compose.secrets.yaml
 	scripts/secrets
 
-backup: ## take a backup now
+backup: ## take a backup now (dump, off-site copy, WAL so far into the bucket)
 	$(COMPOSE) exec backup backup now
+
+backups: ## list backups, off-site copies and the point-in-time window
+	$(COMPOSE) exec backup backup list
 
 restore: ## restore a backup (app stopped first): make restore FILE=berth-20261124T030000Z.dump
 	$(COMPOSE) exec backup backup restore $(FILE)
+
+restore-to: ## point-in-time restore: make restore-to TIME=2026-11-24T10:15:00Z (TIME=latest: all)
+	backup/restore-to "$(TIME)"
 
 demo: ## the full stack with seeded demo data
 	$(DEMO) up -d --build --wait

@@ -11,10 +11,12 @@ import pytest
 from berth.settings import Settings
 
 # The *_IMAGE variables stay: they are how the sandbox swaps in local images.
-LEAKY_PREFIXES = ("COMPOSE_", "ACME_", "TRAEFIK_", "EDGE_", "DEPLOY_")
+LEAKY_PREFIXES = ("COMPOSE_", "ACME_", "TRAEFIK_", "EDGE_", "DEPLOY_", "BACKUP_")
 LEAKY_NAMES = {
     "APP_IMAGE",
     "APP_TAG",
+    "DB_IMAGE",
+    "DB_TAG",
     "HTTP_PORT",
     "HTTPS_PORT",
     "PUBLISH_ADDRESS",

@@ -42,10 +42,6 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         "the one container with the socket (read-only mount), on a network only Traefik "
         "joins, passing GET and HEAD of containers, events, ping and version only"
     ),
-    ("backup", "4.1"): (
-        "today's backup/backup.sh starts as root to chown /backups, then drops to the "
-        "postgres user with setpriv; its non-root rewrite (backups work) removes this"
-    ),
     ("acme-owner", "4.1"): (
         "one-shot with CHOWN only and no network: hands the certificate volume (root's when "
         "new, or from a Traefik that ran as root) to Traefik's user, then exits"
@@ -59,8 +55,6 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
 
 # 5.3: the capabilities a service may add back after dropping all, and why.
 ADDED_CAPABILITIES: dict[str, frozenset[str]] = {
-    # chown /backups, then setpriv to postgres (today's backup.sh, see EXCEPTIONS)
-    "backup": frozenset({"CHOWN", "SETUID", "SETGID"}),
     "acme-owner": frozenset({"CHOWN"}),
     # chmod and chown files the operator owns, inside a 0700 directory
     "secrets-owner": frozenset({"CHOWN", "FOWNER", "DAC_READ_SEARCH"}),

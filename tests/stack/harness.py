@@ -35,6 +35,8 @@ OVERRIDES = ROOT / "tests" / "stack" / "compose"
 # The app image every stack test runs, built once per session from this checkout. Two
 # checkouts testing at once on one engine (worktrees, helpers) set BERTH_TEST_IMAGE apart.
 TEST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test-app")
+# The database image (backup/Dockerfile), built beside it.
+TEST_DB_IMAGE = f"{TEST_IMAGE}-db"
 T = TypeVar("T")
 # What a fresh clone has: the working tree without local state, caches or bench results.
 # Never part of a copy, tracked or not: the benchmark results are history, not the stack.
@@ -195,6 +197,8 @@ class Stack:
             "COMPOSE_PROJECT_NAME": self.project,
             "APP_IMAGE": TEST_IMAGE,
             "APP_TAG": "latest",
+            "DB_IMAGE": TEST_DB_IMAGE,
+            "DB_TAG": "latest",
             "PUBLISH_ADDRESS": "127.0.0.1",
             "HTTP_PORT": str(self.http_port),
             "HTTPS_PORT": str(self.https_port),
@@ -444,10 +448,15 @@ def qualified(image: str) -> str:
 
 
 def build_test_image(root: Path = ROOT, image: str = TEST_IMAGE) -> None:
-    """Build the app image from a checkout (this one, once per test session) as image:latest."""
-    env = {**os.environ, "APP_IMAGE": image, "APP_TAG": "latest"}
+    """Build the app image and the database image from a checkout (this one, once per test
+    session) as image:latest and image-db:latest."""
+    env = {**os.environ, "APP_IMAGE": image, "APP_TAG": "latest",
+           "DB_IMAGE": f"{image}-db", "DB_TAG": "latest"}  # fmt: skip
+    if "RCLONE_IMAGE" not in env and "S3_IMAGE" in env:
+        # The sandbox's S3 stand-in carries the rclone binary where rclone/rclone has it.
+        env["RCLONE_IMAGE"] = env["S3_IMAGE"]
     subprocess.run(
-        ["docker", "compose", "--env-file", os.devnull, "build", "--quiet", "app"],
+        ["docker", "compose", "--env-file", os.devnull, "build", "--quiet", "app", "db"],
         cwd=root,
         env=env,
         check=True,

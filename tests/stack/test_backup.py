@@ -1,10 +1,10 @@
 """Backups that are known to restore: after losing the volume, under write load, with
-retention, and refusing bad files without changing anything."""
+retention, refusing bad files without changing anything, never two runs at once, and with
+no root anywhere."""
 
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.stack.backups import backup, backup_now, create, databases, names_in_db
 from tests.stack.faults import Load, create_item, report
 from tests.stack.harness import Stack, wait_for
 
@@ -23,45 +24,15 @@ def stack(stack_factory: Callable[..., Stack]) -> Stack:
     return stack
 
 
-def backup(stack: Stack, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return stack.run("exec", "-T", "backup", "backup", *args, check=check)
-
-
-def backup_now(stack: Stack) -> str:
-    """Takes a backup; returns its file name."""
-    result = backup(stack, "now")
-    match = re.search(r"wrote (\S+\.dump)", result.stderr)
-    assert match, result.stderr
-    return match.group(1)
-
-
-def create(stack: Stack, *names: str) -> None:
-    with stack.client() as client:
-        for name in names:
-            assert client.post("/api/items", json={"name": name, "price": "1"}).status_code == 201
-
-
-def names_in_db(stack: Stack, database: str = "berth") -> set[str]:
-    rows = stack.run(
-        "exec", "-T", "db", "psql", "-XAtq", "-U", "berth", "-d", database,
-        "-c", "SELECT name FROM items",
-    ).stdout  # fmt: skip
-    return set(rows.split())
-
-
-def databases(stack: Stack) -> set[str]:
-    return set(stack.psql("SELECT datname FROM pg_database").split())
-
-
 def test_restore_after_losing_the_database_volume(stack: Stack) -> None:
     names = {f"precious-{number}" for number in range(25)}
     create(stack, *sorted(names))
     dump = backup_now(stack)
     listed = backup(stack, "list").stdout.splitlines()
-    assert any(line.startswith(dump) and line.endswith("0001") for line in listed), listed
+    assert any(line.split()[:1] == [dump] and line.split()[2] == "0001" for line in listed), listed
 
     stack.run("stop", "app", "backup", "db")
-    stack.run("rm", "--force", "db")
+    stack.run("rm", "--force", "db", "backup")  # backup reads the data volume, too
     stack.docker.volumes.get(f"{stack.project}_db-data").remove()
     stack.up("db")  # a brand-new, empty database
     assert stack.psql("SELECT to_regclass('items') IS NULL") == "t"
@@ -191,3 +162,74 @@ def test_restore_is_refused_while_the_app_is_connected(stack: Stack) -> None:
     assert result.returncode != 0
     assert "the app is connected to berth" in result.stderr
     assert "stop it first (docker compose stop app), or pass --force" in result.stderr
+
+
+def test_restore_force_disconnects_the_app_and_keeps_the_database_it_replaced(
+    stack: Stack,
+) -> None:
+    with stack.client() as client:
+        kept_id = client.post("/api/items", json={"name": "in-the-backup", "price": "1"})
+        dump = backup_now(stack)
+        lost_id = client.post("/api/items", json={"name": "after-the-backup", "price": "1"})
+        assert kept_id.status_code == lost_id.status_code == 201
+        client.get("/api/items")  # the app holds pooled connections
+    before = databases(stack)
+
+    result = backup(stack, "restore", dump, "--force")
+
+    assert f"restored {dump} into berth" in result.stderr
+    kept = re.search(r"kept as (berth_before_restore_\d{8}T\d{6}Z)", result.stderr)
+    assert kept, result.stderr
+    assert databases(stack) == before | {kept.group(1)}
+    assert "in-the-backup" in names_in_db(stack)
+    assert "after-the-backup" not in names_in_db(stack)
+    assert {"in-the-backup", "after-the-backup"} <= names_in_db(stack, kept.group(1))
+    # The app's connections were cut; its pool reconnects to the restored database.
+    with stack.client() as client:
+        wait_for(lambda: client.get("/health/ready").status_code == 200, timeout=30)
+        assert client.get(f"/api/items/{kept_id.json()['id']}").status_code == 200
+        assert client.get(f"/api/items/{lost_id.json()['id']}").status_code == 404
+    stack.psql(f'DROP DATABASE "{kept.group(1)}"')
+
+
+def test_backups_at_the_same_moment_never_share_a_file(stack: Stack) -> None:
+    """Three runs started together (as a scheduled backup and a manual one can be): the
+    run lock makes them take turns, and each gets a file of its own."""
+    before = set(backup(stack, "list").stdout.split())
+    result = stack.run(
+        "exec", "-T", "backup", "sh", "-c",
+        "backup now & backup now & backup now & wait; ls -a /backups",
+    )  # fmt: skip
+    written = re.findall(r"wrote (berth-\S+\.dump)", result.stderr)
+    assert len(written) == 3, result.stderr
+    assert len(set(written)) == 3
+    assert "waiting for the backup run in progress to finish" in result.stderr
+    assert not [name for name in result.stdout.split() if name.endswith(".partial")]
+    assert not set(written) & before
+    # Each was whole when written; retention then keeps the newest of the day.
+    newest = max(written)
+    stack.run("exec", "-T", "backup", "pg_restore", "--list", f"/backups/{newest}")
+    for name in set(written) - {newest}:
+        assert name in result.stdout.split() or f"pruned {name}" in result.stderr
+
+
+def test_partial_files_left_by_a_killed_run_are_removed(stack: Stack) -> None:
+    """A run killed mid-dump (a stop past the grace period, a crash) leaves its partial
+    file; the next run holding the lock removes it."""
+    leftover = ".berth-20261124T030000Z.dump.partial"
+    stack.run("exec", "-T", "backup", "sh", "-c", f"echo half > /backups/{leftover}")
+    result = backup(stack, "now")
+    assert f"removed {leftover}, left by an interrupted run" in result.stderr
+    listing = stack.run("exec", "-T", "backup", "ls", "-a", "/backups").stdout.split()
+    assert leftover not in listing
+
+
+def test_no_backup_process_runs_as_root(stack: Stack) -> None:
+    container = stack.container("backup")
+    assert container.attrs["Config"]["User"] == "postgres"
+    backup(stack, "health", check=False)  # the healthcheck's command, too
+    uids = {row[1] for row in container.top(ps_args="-o pid,uid,comm")["Processes"]}
+    assert uids, "no process listed"
+    assert "0" not in uids, uids
+    owner = stack.run("exec", "-T", "backup", "stat", "-c", "%U", "/backups").stdout.strip()
+    assert owner == "postgres"

@@ -336,9 +336,13 @@ def check_image(objects: list[Object], compose: dict[str, Any], overlay: str) ->
             problems.append(f"{name}: image {image} is not Compose's {repository}")
         if overlay != "base" and tag in ("", "latest"):
             problems.append(f"{name}: image {image} needs a release tag")
+    # Compose's db runs the database image built on POSTGRES_IMAGE (backup/Dockerfile adds
+    # the backup tools); the evaluation database is that same Postgres.
+    db = compose["services"]["db"]
+    postgres = db.get("build", {}).get("args", {}).get("POSTGRES_IMAGE", db["image"])
     for workload in objects_of(objects, "StatefulSet"):
         for entry in all_containers(pod_spec(workload)):
-            if entry["image"] != compose["services"]["db"]["image"]:
+            if entry["image"] != postgres:
                 problems.append(f"{entry['name']}: image {entry['image']} is not Compose's db")
     return problems
 

@@ -420,7 +420,7 @@ def test_a_changed_compose_is_noticed(
     changed["services"]["app"]["environment"]["SOMETHING_NEW"] = "1"
     command = changed["services"]["app"]["command"]
     command[:] = [re.sub(r"^(--timeout-graceful-shutdown=)\d+", r"\g<1>25", arg) for arg in command]
-    changed["services"]["db"]["image"] = "postgres:18"
+    changed["services"]["db"]["build"]["args"]["POSTGRES_IMAGE"] = "postgres:18"
     objects = renders["evaluation"]
     assert any("SOMETHING_NEW" in line for line in check_environment(objects, changed, tmp_path))
     assert any("graceful" in line for line in check_grace(objects, changed))
