@@ -45,8 +45,18 @@ def run(command: list[str], cwd: Path, timeout: float = 300) -> subprocess.Compl
         timeout=timeout,
         check=False,
     )
-    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{result.stderr}"
+    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{output_tail(result)}"
     return result
+
+
+def output_tail(result: subprocess.CompletedProcess[str], lines: int = 60) -> str:
+    """The end of what a command wrote to each stream: pytest, ruff and mypy report on
+    stdout, git and copier on stderr."""
+    return "\n".join(
+        f"--- {name} (last {lines} lines) ---\n" + "\n".join(text.splitlines()[-lines:])
+        for name, text in (("stdout", result.stdout), ("stderr", result.stderr))
+        if text.strip()
+    )
 
 
 def git(repository: Path, *args: str) -> str:
