@@ -14,10 +14,10 @@ from typing import Any
 import docker
 import httpx
 
+from tests.stack import service
 from tests.stack.faults import (
     Load,
     app_connections,
-    get_items,
     summary,
     wait_healthy,
     worker_pids,
@@ -142,7 +142,7 @@ class ConnectionSampler:
 
 
 def stop_under_load(stack: Stack) -> dict[str, Any]:
-    with Load(stack, request=get_items, clients=4, max_seconds=60) as load:
+    with Load(stack, request=service.read, clients=4, max_seconds=60) as load:
         time.sleep(3)
         seconds = timed(lambda: stack.run("stop", "app", timeout=120))
         time.sleep(2)

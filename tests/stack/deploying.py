@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from tests.stack import service
 from tests.stack.faults import Load, Outcome, report, summary
 from tests.stack.harness import ROOT, ContainerEvents, Stack, wait_for
 
@@ -111,15 +112,14 @@ def interrupted_deploy(
 
 
 def version_mix(client: httpx.Client, worker: int, number: int) -> tuple[httpx.Response, str]:
-    """GET /api/version (tagged with the version that answered), GET and POST items."""
+    """GET /api/version (tagged with the version that answered), the service's reads and
+    writes."""
     kind = number % 3
     if kind == 0:
         response = client.get("/api/version")
         return response, response.json()["version"] if response.status_code == 200 else ""
-    if kind == 1:
-        return client.get("/api/items", params={"limit": 5}), ""
-    name = f"deploy-{worker}-{number}-{time.time_ns()}"
-    return client.post("/api/items", json={"name": name, "price": "2.50"}), ""
+    response, _ = (service.read if kind == 1 else service.write)(client, worker, number)
+    return response, ""
 
 
 def under_load(

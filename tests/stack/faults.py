@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from tests.stack.harness import ROOT, Stack, wait_for
+from tests.stack.service import read
 
 REPORT = ROOT / "test-output" / "fault-report.json"
 # Where `python -m tests.stack.faults save` keeps a run's report, next to the benchmarks.
@@ -52,19 +53,6 @@ class Outcome:
 Request = Callable[[httpx.Client, int, int], tuple[httpx.Response, str]]
 
 
-def get_items(client: httpx.Client, worker: int, number: int) -> tuple[httpx.Response, str]:
-    return client.get("/api/items", params={"limit": 5}), ""
-
-
-def create_item(client: httpx.Client, worker: int, number: int) -> tuple[httpx.Response, str]:
-    name = f"load-{worker}-{number}-{time.time_ns()}"
-    return client.post("/api/items", json={"name": name, "price": "1.00"}), name
-
-
-def mixed(client: httpx.Client, worker: int, number: int) -> tuple[httpx.Response, str]:
-    return (create_item if number % 3 == 0 else get_items)(client, worker, number)
-
-
 class ClientThreadDied(AssertionError):
     """A load client stopped on an exception of its own (not an HTTP error, which is an
     outcome): the load it sent is short of what the test thinks it sent."""
@@ -80,7 +68,7 @@ class Load:
     is `assert_no_failures(min_requests=N)`."""
 
     stack: Stack
-    request: Request = get_items
+    request: Request = read
     clients: int = 4
     max_seconds: float = 90
     max_requests: int = 20_000

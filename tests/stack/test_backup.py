@@ -12,9 +12,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.stack import service
 from tests.stack.backups import backup, backup_now, create, databases, names_in_db
-from tests.stack.faults import Load, create_item, report
+from tests.stack.faults import Load, report
 from tests.stack.harness import Stack, wait_for
+
+# These tests use the items example (a service generated without it skips them):
+# backups are checked by the items in them.
+pytestmark = service.example_only
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +70,7 @@ def test_a_backup_under_write_load_restores_to_a_consistent_state(stack: Stack) 
             number += 1
 
     writer = threading.Thread(target=write_pairs)
-    with Load(stack, request=create_item, clients=3, max_seconds=60) as load:
+    with Load(stack, request=service.write, clients=3, max_seconds=60) as load:
         writer.start()
         time.sleep(2)
         acknowledged_before = {o.tag for o in load.outcomes if o.status == 201}

@@ -16,6 +16,7 @@ import pytest
 
 from tests.stack.faults import report
 from tests.stack.harness import Stack, wait_for
+from tests.stack.service import READ_PATH, example_only
 
 READ_TIMEOUT = 30  # entryPoints.websecure.transport.respondingTimeouts.readTimeout
 # While most of the 100 slow clients hold their connections (about 25 s), other clients
@@ -50,6 +51,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(stack: Stack) 
     report("schemathesis", summary=cases.strip())
 
 
+@example_only  # the body goes to the example's route, its table counted
 def test_oversized_body_is_refused(stack: Stack) -> None:
     before = stack.psql("SELECT count(*) FROM items")
     body = b'{"name": "big", "price": "1", "description": "' + b"x" * (2 * 1024 * 1024) + b'"}'
@@ -77,6 +79,7 @@ def test_oversized_body_is_refused(stack: Stack) -> None:
     ids=["limit-too-big", "negative-offset", "malformed", "wrong-type", "huge-number",
          "long-string", "unknown-field"],
 )  # fmt: skip
+@example_only  # the example's routes and their validation
 def test_bad_input_through_the_proxy_is_422(
     stack: Stack, method: str, path: str, body: bytes | None
 ) -> None:
@@ -148,7 +151,7 @@ def test_slow_clients_are_cut_and_never_starve_other_clients(stack: Stack) -> No
             while len(cut_at) < len(slow) and time.monotonic() < last_opened + READ_TIMEOUT + 10:
                 held = len(slow) - len(cut_at)
                 started = time.monotonic()
-                assert client.get("/api/items?limit=1").status_code == 200
+                assert client.get(READ_PATH).status_code == 200
                 if held >= len(slow) // 2:  # served while most slow clients held on
                     latencies.append(time.monotonic() - started)
                 for number, connection in enumerate(slow):

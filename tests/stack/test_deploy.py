@@ -11,6 +11,7 @@ import docker
 import pytest
 from docker.models.containers import Container
 
+from tests.stack import service
 from tests.stack.deploying import (
     FIXTURES,
     Deploy,
@@ -27,6 +28,10 @@ from tests.stack.deploying import (
     versions,
 )
 from tests.stack.harness import TEST_IMAGE, Stack, derived_image, free_subnet, wait_for
+
+# These tests use the items example (a service generated without it skips them):
+# v2's migration adds a column to the items table.
+pytestmark = service.example_only
 
 # Deploys point <repository>:latest at what they deployed: a repository of their own keeps
 # that from changing the image every other test module runs.

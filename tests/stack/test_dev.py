@@ -25,6 +25,7 @@ from berth.settings import DEV_POSTGRES_PASSWORD
 from tests.stack.deploying import version_answer
 from tests.stack.faults import report
 from tests.stack.harness import ROOT, TEST_IMAGE, Stack, copy_checkout, free_port, wait_for
+from tests.stack.service import example_only
 
 # Guards that a reload or rebuild happens at all, not speed claims: the README's timings are
 # one run's measurements, recorded in the fault report (see tests/stack/faults.py).
@@ -209,6 +210,7 @@ def test_dev_logs_at_debug_level(dev: Stack) -> None:
     )
 
 
+@example_only  # the example's table and its unit tests
 def test_running_the_tests_never_touches_dev_data(dev: Stack) -> None:
     """The unit tests empty the items table after each test: were they pointed at the dev
     database, by the variables a developer has in their shell, the sentinel would go."""

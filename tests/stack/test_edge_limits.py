@@ -27,12 +27,13 @@ import pytest
 from docker.models.containers import Container
 
 from tests.stack.harness import Stack, wait_for
+from tests.stack.service import READ_PARAMS, READ_PATH, example_only
 
 PYTHON_IMAGE = os.environ.get("PYTHON_IMAGE", "python:3.13-slim")
 AVERAGE = 20  # requests a second, per client
 BURST = 20
 IN_FLIGHT = 4
-ITEMS = "/api/items?limit=5"
+READS = str(httpx.URL(READ_PATH, params=READ_PARAMS))  # the service's reads
 # How long the in-flight test may hold requests (the database allows it: see `stack`).
 LOCK_SECONDS = 45
 
@@ -147,7 +148,7 @@ def gateway(stack: Stack) -> str:
 
 
 def client_addresses(stack: Stack, since: float, method: str = "GET") -> dict[str, int]:
-    """Client address -> requests of `method` to the items API, from the app's access log
+    """Client address -> requests of `method` to the service's reads, from the app's access log
     since `since` (the app's own healthchecks come from 127.0.0.1, to other paths)."""
     counts: dict[str, int] = {}
     result = stack.run("logs", "--no-log-prefix", "--since", str(int(since) - 1), "app")
@@ -158,7 +159,7 @@ def client_addresses(stack: Stack, since: float, method: str = "GET") -> dict[st
             continue
         if not isinstance(entry, dict) or entry.get("method") != method:
             continue
-        if str(entry.get("path", "")).startswith("/api/items"):
+        if str(entry.get("path", "")).startswith(READ_PATH):
             counts[entry["client"]] = counts.get(entry["client"], 0) + 1
     return counts
 
@@ -173,11 +174,11 @@ def test_a_flooding_client_gets_429s_while_another_is_served_at_normal_latency(
     # slowed by a busy machine cannot hold it under the limit.
     steady: list[dict[str, Any]] = []
     sender = threading.Thread(
-        target=lambda: steady.extend(second.send("GET", ITEMS, rate=10, seconds=16))
+        target=lambda: steady.extend(second.send("GET", READS, rate=10, seconds=16))
     )
     sender.start()
     time.sleep(5)
-    flood = flooder.send("GET", ITEMS, threads=16, rate=AVERAGE, seconds=7)
+    flood = flooder.send("GET", READS, threads=16, rate=AVERAGE, seconds=7)
     sender.join(timeout=60)
     assert not sender.is_alive(), "the second client hung"
 
@@ -254,6 +255,7 @@ def waiting_on_locks(stack: Stack) -> int:
     return int(stack.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"))
 
 
+@example_only  # in-flight requests: PATCHes waiting on an item's row lock
 def test_a_client_at_its_in_flight_limit_gets_429_while_another_is_served(
     stack: Stack, clients: list[Client], locked_item: tuple[int, int]
 ) -> None:

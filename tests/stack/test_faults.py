@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from berth.settings import Settings
+from tests.stack import service
 from tests.stack.faults import (
     Load,
     Outcome,
@@ -20,11 +21,8 @@ from tests.stack.faults import (
     app_connections,
     app_request_seconds,
     bring_back_db,
-    create_item,
-    get_items,
     host_pid,
     kill_from_host,
-    mixed,
     pause,
     report,
     requests_waiting_on_locks,
@@ -79,7 +77,7 @@ def deleting(ids: list[list[int]]) -> Request:
 
     def request(client: httpx.Client, worker: int, number: int) -> tuple[httpx.Response, str]:
         if number % 2 == 0:
-            return get_items(client, worker, number)
+            return service.read(client, worker, number)
         item_id = ids[worker][number // 2]
         return client.delete(f"/api/items/{item_id}"), str(item_id)
 
@@ -94,6 +92,7 @@ def seed_items(stack: Stack, prefix: str, count: int) -> list[int]:
     return [int(row) for row in rows.split()]
 
 
+@service.example_only  # DELETEs of the example's items
 def test_a_killed_worker_is_replaced_and_traefik_retries_its_requests(healthy: Stack) -> None:
     """The kill lands while requests are provably on the worker: a table lock holds every
     request in the database, and the victim is a worker with a DELETE waiting there."""
@@ -148,7 +147,7 @@ def test_a_crashed_app_container_restarts_by_itself(healthy: Stack) -> None:
     stack = healthy
     restarts = stack.container("app").attrs["RestartCount"]
     # A pause: while no app is routed, Traefik's 404s come back as fast as they are sent.
-    load = Load(stack, request=get_items, clients=4, max_seconds=120, timeout=10, pause=0.02)
+    load = Load(stack, request=service.read, clients=4, max_seconds=120, timeout=10, pause=0.02)
     with load, stack.watch_health() as health:
         time.sleep(2)
         killed_at = time.time()
@@ -194,10 +193,11 @@ def test_a_crashed_app_container_restarts_by_itself(healthy: Stack) -> None:
     )
 
 
+@service.needs_resource  # the 503s of the service's own reads
 def test_database_outage_gives_fast_503s_and_heals_without_restart(healthy: Stack) -> None:
     stack = healthy
     app_started = stack.state("app")["StartedAt"]
-    with Load(stack, request=mixed, clients=4, max_seconds=90, pause=0.05) as load:
+    with Load(stack, request=service.mixed, clients=4, max_seconds=90, pause=0.05) as load:
         time.sleep(2)
         went_away = time.time()
         stack.run("stop", "db")
@@ -244,11 +244,12 @@ def test_database_outage_gives_fast_503s_and_heals_without_restart(healthy: Stac
     )
 
 
+@service.needs_resource  # the 503s of the service's own reads
 def test_frozen_database_answers_503_at_the_deadline(healthy: Stack) -> None:
     """A paused Postgres keeps its sockets open: without the request deadline, a request
     on a pooled connection would wait for as long as the freeze lasts."""
     stack = healthy
-    with Load(stack, request=mixed, clients=4, max_seconds=90, timeout=40) as load:
+    with Load(stack, request=service.mixed, clients=4, max_seconds=90, timeout=40) as load:
         time.sleep(2)
         frozen_at = time.time()
         pause(stack, "db")
@@ -293,9 +294,10 @@ def test_frozen_database_answers_503_at_the_deadline(healthy: Stack) -> None:
     )
 
 
+@service.example_only  # the acknowledged items, looked up in their table
 def test_acknowledged_writes_survive_a_database_crash(healthy: Stack) -> None:
     stack = healthy
-    with Load(stack, request=create_item, clients=4, max_seconds=60) as load:
+    with Load(stack, request=service.write, clients=4, max_seconds=60) as load:
         time.sleep(3)
         stack.container("db").kill(signal="SIGKILL")
         crashed_at = time.time()
@@ -336,6 +338,7 @@ def test_database_stop_and_start_is_a_clean_shutdown(healthy: Stack) -> None:
     assert "automatic recovery in progress" not in log
 
 
+@service.needs_resource  # the 503s of the service's own reads
 def test_host_reboot_app_first_waits_for_the_database(healthy: Stack) -> None:
     stack = healthy
     migrate_ran = stack.state("migrate")["StartedAt"]
@@ -357,14 +360,14 @@ def test_host_reboot_app_first_waits_for_the_database(healthy: Stack) -> None:
             ready = client.get("/health/ready")
             assert ready.status_code == 503
             assert ready.json()["status"] == "not ready"
-            items = client.get("/api/items")
-            assert items.status_code == 503
-            assert items.json() == {"detail": "database unavailable, try again shortly"}
+            read = client.get(service.READ_PATH)
+            assert read.status_code == 503
+            assert read.json() == {"detail": "database unavailable, try again shortly"}
             time.sleep(1)
         assert stack.container("app").attrs["RestartCount"] == 0  # no crash loop
         stack.container("db").start()
         wait_for(lambda: client.get("/health/ready").status_code == 200, timeout=60)
-        assert client.get("/api/items").status_code == 200
+        assert client.get(service.READ_PATH).status_code == 200
     assert stack.state("migrate")["StartedAt"] == migrate_ran  # not needed again
     assert "database not reachable (attempt" in stack.logs("app")
     report("reboot, app started before the db", seconds_without_db=10, app_restarts=0)
@@ -376,7 +379,7 @@ def test_failing_migration_deployed_in_order_leaves_the_app_serving(healthy: Sta
     stack = healthy
     app_id = stack.container("app").id
     failing = ("-f", "tests/stack/compose/failing-migration.yaml")
-    with Load(stack, request=mixed, clients=2, max_seconds=60) as load:
+    with Load(stack, request=service.mixed, clients=2, max_seconds=60) as load:
         time.sleep(1)
         migration = stack.run(*failing, "run", "--rm", "migrate", check=False)
         # Even a plain `up` with the failing migration must not take the app down.
@@ -389,8 +392,8 @@ def test_failing_migration_deployed_in_order_leaves_the_app_serving(healthy: Sta
     assert 'service "migrate" didn\'t complete successfully' in up.stderr
     assert stack.psql("SELECT version_num FROM alembic_version") == "0001"
     assert stack.psql("SELECT to_regclass('half_done') IS NULL") == "t"
-    assert stack.psql("SELECT count(*) FROM information_schema.columns "
-                      "WHERE table_name = 'items' AND column_name = 'colour'") == "0"  # fmt: skip
+    colour = "table_name = 'alembic_version' AND column_name = 'colour'"
+    assert stack.psql(f"SELECT count(*) FROM information_schema.columns WHERE {colour}") == "0"
     assert stack.container("app").id == app_id
     assert stack.state("app")["Status"] == "running"
     load.assert_no_failures(min_requests=MIN_REQUESTS)

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.stack.harness import Stack, wait_for
+from tests.stack.service import example_only
 
 DOMAIN = "berth.test"
 
@@ -75,6 +76,7 @@ def test_http_redirects_to_https(production: tuple[Stack, ssl.SSLContext]) -> No
     assert response.headers["location"] == f"https://{DOMAIN}/api/items"
 
 
+@example_only
 def test_items_round_trip_over_verified_https(production: tuple[Stack, ssl.SSLContext]) -> None:
     stack, context = production
     wait_for(lambda: get_verified(stack, context, "/health/live"), timeout=90)

@@ -26,6 +26,7 @@ import pytest
 from docker.models.containers import Container
 from docker.models.networks import Network
 
+from tests.stack import service
 from tests.stack.harness import TEST_IMAGE, free_port, release_port, wait_for
 from tests.unit.deploy.manifests import (
     Object,
@@ -39,6 +40,10 @@ from tests.unit.deploy.manifests import (
     prepare_tree,
     quantity,
 )
+
+# These tests use the items example (a service generated without it skips them):
+# the pod is checked with the items example's writes.
+pytestmark = service.example_only
 
 POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:17")
 

@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 import docker
 import pytest
 
-from tests.stack.faults import Load, get_items, report, summary, wait_workers, worker_pids
+from tests.stack.faults import Load, report, summary, wait_workers, worker_pids
 from tests.stack.harness import ROOT, TEST_IMAGE, Stack, derived_image
+from tests.stack.service import READ_PATH, read
 
 HOOKS = ROOT / "tests" / "stack" / "fixtures" / "testhooks" / "sitecustomize.py"
 WORKERS = 2
@@ -45,7 +46,7 @@ def test_every_service_has_memory_and_pids_limits(stack: Stack) -> None:
     assert stack.container("app").attrs["HostConfig"]["Memory"] == 550 * 2**20
     assert stack.container("db").attrs["HostConfig"]["ShmSize"] == 256 * 2**20
     with stack.client() as client:
-        assert client.get("/api/items").status_code == 200
+        assert client.get(READ_PATH).status_code == 200
 
 
 def grow(stack: Stack, mb: int) -> int | None:
@@ -70,7 +71,7 @@ def host_pid_of(stack: Stack, container_pid: int) -> int:
 
 def test_a_worker_over_its_budget_restarts_gracefully(stack: Stack) -> None:
     before = worker_pids(stack)
-    with Load(stack, request=get_items, clients=4, max_seconds=60) as load:
+    with Load(stack, request=read, clients=4, max_seconds=60) as load:
         time.sleep(1)
         grown = grow(stack, 150)  # ~90 MiB at rest + 150 > the 200 MiB budget
         assert grown is not None
@@ -86,7 +87,7 @@ def test_a_worker_over_its_budget_restarts_gracefully(stack: Stack) -> None:
 
 def test_a_worker_past_the_container_limit_is_oom_killed_and_replaced(stack: Stack) -> None:
     before = worker_pids(stack)
-    with Load(stack, request=get_items, clients=4, max_seconds=60) as load:
+    with Load(stack, request=read, clients=4, max_seconds=60) as load:
         time.sleep(1)
         assert grow(stack, 600) is None  # more than the 550 MiB container: killed mid-request
         wait_workers(

@@ -9,7 +9,8 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from tests.stack.faults import ClientThreadDied, Load, get_items
+from tests.stack import service
+from tests.stack.faults import ClientThreadDied, Load
 from tests.stack.harness import Stack
 
 
@@ -25,7 +26,7 @@ class FakeStack:
 
 
 def load(handler: Callable[[httpx.Request], httpx.Response], **options: Any) -> Load:
-    return Load(cast(Stack, FakeStack(handler)), request=get_items, **options)
+    return Load(cast(Stack, FakeStack(handler)), request=service.read, **options)
 
 
 def ok(_: httpx.Request) -> httpx.Response:

@@ -14,12 +14,12 @@ import pytest
 from tests.stack.faults import (
     Load,
     app_connections,
-    get_items,
     kill_from_host,
     wait_workers,
     worker_pids,
 )
 from tests.stack.harness import Stack, wait_for
+from tests.stack.service import READ_PARAMS, READ_PATH, example_only, read
 
 WORKERS = 2
 
@@ -66,10 +66,10 @@ def line_for(stack: Stack, request_id: str) -> dict[str, Any] | None:
 
 
 def test_metrics_add_up_across_workers(stack: Stack) -> None:
-    before = counter(scrape(stack), "berth_http_requests_total", route="/api/items")
+    before = counter(scrape(stack), "berth_http_requests_total", route=READ_PATH)
     # Concurrent clients make Traefik open several connections to the app, which the
     # kernel hands to whichever worker accepts first: the requests spread over both.
-    with Load(stack, request=get_items, clients=8, max_requests=40) as load:
+    with Load(stack, request=read, clients=8, max_requests=40) as load:
         load.join()
     requests = len(load.outcomes)
     assert requests == 8 * 40
@@ -80,7 +80,7 @@ def test_metrics_add_up_across_workers(stack: Stack) -> None:
     # Each scrape is answered by whichever worker accepts it; every one sees the sum.
     for _ in range(6):
         text = scrape(stack)
-        total = counter(text, "berth_http_requests_total", route="/api/items")
+        total = counter(text, "berth_http_requests_total", route=READ_PATH)
         assert total - before == requests
     assert "berth_http_request_duration_seconds_bucket" in text
     assert "berth_db_pool_connections_in_use" in text
@@ -100,13 +100,13 @@ def metric_files(stack: Stack) -> dict[str, set[int]]:
 
 
 def test_dead_workers_gauges_are_dropped_and_their_counters_kept(stack: Stack) -> None:
-    with Load(stack, request=get_items, clients=8, max_requests=20) as load:
+    with Load(stack, request=read, clients=8, max_requests=20) as load:
         load.join()
     assert len(load.outcomes) == 8 * 20
     assert load.failures() == []
     before = metric_files(stack)
     assert len(before["gauge_live"]) == WORKERS
-    counted = counter(scrape(stack), "berth_http_requests_total", route="/api/items")
+    counted = counter(scrape(stack), "berth_http_requests_total", route=READ_PATH)
     victim = next(iter(worker_pids(stack)))
     survivors = worker_pids(stack) - {victim}
     kill_from_host(victim)
@@ -115,7 +115,7 @@ def test_dead_workers_gauges_are_dropped_and_their_counters_kept(stack: Stack) -
     with stack.client() as client:  # the new worker answers, so it has gauges too
         wait_for(lambda: len(metric_files(stack)["gauge_live"]) > WORKERS, timeout=30)
         for _ in range(20):
-            assert client.get("/api/items").status_code == 200
+            assert client.get(READ_PATH).status_code == 200
 
     def dead_gauges_gone() -> str | None:
         text = scrape(stack)  # a scrape removes the gauges of workers that died
@@ -126,7 +126,7 @@ def test_dead_workers_gauges_are_dropped_and_their_counters_kept(stack: Stack) -
     dead = before["gauge_live"] - after["gauge_live"]
     assert len(dead) == 1
     assert dead <= after["counter"]  # its counters stay: what it served was served
-    assert counter(text, "berth_http_requests_total", route="/api/items") >= counted + 20
+    assert counter(text, "berth_http_requests_total", route=READ_PATH) >= counted + 20
     # The pools' gauge counts the live workers' connections only, as Postgres sees them.
     open_gauge = gauge(text, "berth_db_pool_connections_open")
     assert open_gauge == sum(app_connections(stack).values())
@@ -148,16 +148,16 @@ def test_traefik_metrics_are_internal(stack: Stack) -> None:
 def test_request_id_is_returned_and_logged(stack: Stack) -> None:
     sent = f"test-{uuid.uuid4().hex}"
     with stack.client() as client:
-        echoed = client.get("/api/items", headers={"X-Request-ID": sent})
-        generated = client.get("/api/items?limit=2")
-        hostile = client.get("/api/items", headers={"X-Request-ID": 'a b" forged="1'})
+        echoed = client.get(READ_PATH, headers={"X-Request-ID": sent})
+        generated = client.get(READ_PATH, params=READ_PARAMS)
+        hostile = client.get(READ_PATH, headers={"X-Request-ID": 'a b" forged="1'})
     assert echoed.headers["x-request-id"] == sent
     assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
     assert re.fullmatch(r"[0-9a-f]{32}", hostile.headers["x-request-id"])
 
     line = wait_for(lambda: line_for(stack, sent), timeout=10, what="the log line")
     assert line["method"] == "GET"
-    assert line["path"] == "/api/items"
+    assert line["path"] == READ_PATH
     assert line["status"] == 200
     assert line["duration_ms"] > 0
     assert line["level"] == "INFO"
@@ -194,6 +194,7 @@ def test_every_service_rotates_its_logs(stack: Stack) -> None:
         assert config["Config"] == {"max-size": "10m", "max-file": "5"}, service
 
 
+@example_only  # a 422 from the items example's route
 def test_every_answer_is_json_logged_even_errors(stack: Stack) -> None:
     with stack.client() as client:
         response = client.get("/api/items/not-a-number")

@@ -18,10 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.stack import service
 from tests.stack.backups import backup, backup_now, create, names_in_db
-from tests.stack.faults import Load, create_item, report, wait_healthy
+from tests.stack.faults import Load, report, wait_healthy
 from tests.stack.harness import Stack, wait_for
 from tests.stack.offsite import Bucket, is_pg_dump_archive, restore_to, scrape
+
+# These tests use the items example (a service generated without it skips them):
+# backups are checked by the items in them.
+pytestmark = service.example_only
 
 SCHEDULE = 20  # seconds between scheduled backups here
 OUTAGE = 30
@@ -145,7 +150,7 @@ def test_an_outage_of_the_bucket(stack: Stack, bucket: Bucket) -> None:
     the database, and in the first backup copied after the outage."""
     switch(stack, BUSY)
     wait_healthy(stack, "backup", timeout=60)
-    with Load(stack, request=create_item, clients=1, pause=0.2, max_seconds=240) as load:
+    with Load(stack, request=service.write, clients=1, pause=0.2, max_seconds=240) as load:
         # Right after a scheduled copy, so the next scheduled one falls in the outage.
         copies = stack.logs("backup").count(" off-site to ")
         wait_for(lambda: stack.logs("backup").count(" off-site to ") > copies,

@@ -14,8 +14,13 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from tests.stack import service
 from tests.stack.faults import Load, wait_healthy, wait_workers
 from tests.stack.harness import Stack, wait_for
+
+# These tests use the items example (a service generated without it skips them):
+# they send to the items example's routes.
+pytestmark = service.example_only
 
 LIMIT = 1024 * 1024
 OVER = LIMIT + 1

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.stack.harness import ROOT, Stack, parse_docker_time, wait_for
+from tests.stack.service import READ_PATH, example_only
 
 
 @dataclass
@@ -43,7 +44,7 @@ def started(stack_factory: Callable[..., Stack]) -> tuple[Stack, Startup]:
             deadline = time.monotonic() + 180
             while not stop.is_set() and time.monotonic() < deadline:
                 try:
-                    status = client.get("/api/items").status_code
+                    status = client.get(READ_PATH).status_code
                 except httpx.TransportError:
                     status = 0  # nothing listening yet: not an answer
                 if status:
@@ -90,6 +91,7 @@ def test_traefik_answers_404_until_the_app_is_healthy(started: tuple[Stack, Star
     assert all(status in (200, 404) for _, status in startup.answers), startup.answers
 
 
+@example_only
 def test_items_round_trip_over_https(started: tuple[Stack, Startup]) -> None:
     stack, _ = started
     with stack.client() as client:
@@ -214,6 +216,7 @@ def test_tls_1_2_accepts_only_the_configured_forward_secret_aead_suites(
     )
 
 
+@example_only  # the redirect of the example's route
 def test_app_sees_https_scheme_behind_the_proxy(started: tuple[Stack, Startup]) -> None:
     stack, _ = started
     with stack.client() as client:
@@ -277,6 +280,7 @@ def test_app_runs_as_an_unprivileged_user(started: tuple[Stack, Startup]) -> Non
     assert stack.run("exec", "-T", "app", "id", "-u").stdout.strip() == "10001"
 
 
+@example_only  # in-flight requests: PATCHes waiting on an item's row lock
 def test_graceful_shutdown_finishes_requests_in_flight(
     started: tuple[Stack, Startup],
 ) -> None:

@@ -17,8 +17,9 @@ from typing import Any, cast
 
 import httpx
 
+from tests.stack import service
 from tests.stack.deploying import version_mix, versions
-from tests.stack.faults import Load, Outcome, get_items, summary
+from tests.stack.faults import Load, Outcome, summary
 from tests.stack.harness import ROOT, TEST_IMAGE, Stack, derived_image, wait_for
 from tests.swarm.cluster import Cluster
 
@@ -333,7 +334,7 @@ def kill_under_load(stack: SwarmStack, node: str, recovery_timeout: float) -> No
 
     def kill() -> Load:
         probe_target = cast(Stack, stack.entry)
-        with Load(probe_target, request=get_items, clients=1, timeout=5, pause=0.1,
+        with Load(probe_target, request=service.read, clients=1, timeout=5, pause=0.1,
                   max_seconds=recovery_timeout + 60) as probe:  # fmt: skip
             time.sleep(2)
             marks["killed"] = time.time()

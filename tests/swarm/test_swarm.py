@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.stack import service
 from tests.stack.faults import report
 from tests.swarm.cluster import Cluster
 from tests.swarm.deploying import (
@@ -30,7 +31,9 @@ from tests.swarm.deploying import (
 )
 
 # Building the cluster and pushing the images happens inside the first test.
-pytestmark = pytest.mark.timeout(1200)
+# These tests use the items example (a service generated without it skips them):
+# v2's migration adds a column to the items table.
+pytestmark = [pytest.mark.timeout(1200), service.example_only]
 
 # A node lost for good: requests in flight on its tasks are lost (answered 504 by Traefik's
 # responseHeaderTimeout, 20 s), at most one per load client, plus a POST or two sent to the
