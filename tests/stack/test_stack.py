@@ -216,14 +216,13 @@ def test_tls_1_2_accepts_only_the_configured_forward_secret_aead_suites(
     )
 
 
-@example_only  # the redirect of the example's route
 def test_app_sees_https_scheme_behind_the_proxy(started: tuple[Stack, Startup]) -> None:
     stack, _ = started
     with stack.client() as client:
         # The trailing-slash redirect is built from the request's own URL.
-        response = client.get("/api/items/", follow_redirects=False)
+        response = client.get(f"{READ_PATH}/", follow_redirects=False)
     assert response.status_code == 307
-    assert response.headers["location"] == "https://localhost/api/items"
+    assert response.headers["location"] == f"https://localhost{READ_PATH}"
 
 
 def test_localhost_gets_a_self_signed_certificate_and_no_acme(

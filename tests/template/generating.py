@@ -35,11 +35,13 @@ DOCS = {"README.md", "BERTH.md"}
 LOCAL_STATE = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 
 
-def run(command: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run(
+    command: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         command,
         cwd=cwd,
-        env={**os.environ, **GIT_IDENTITY},
+        env={**os.environ, **GIT_IDENTITY, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
