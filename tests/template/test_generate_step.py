@@ -118,6 +118,10 @@ def test_the_example_is_left_out_and_the_empty_service_put_in(tmp_path: Path) ->
         "0001_initial.py"
     ]
     assert "Item" not in (service / "models.py").read_text()
+    # The stack tests' requests: the empty service's, which ask nothing of the example.
+    requests = (project / "tests" / "stack" / "service.py").read_text()
+    assert 'READ_PATH = "/health/ready"' in requests
+    assert "/api/items" not in requests
 
 
 def test_berths_own_files_have_app_package_references() -> None:
