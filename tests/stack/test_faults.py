@@ -44,8 +44,9 @@ REQUEST_DEADLINE = DEFAULTS["request_timeout_seconds"].default
 POOL_PER_WORKER = DEFAULTS["db_pool_size"].default + DEFAULTS["db_max_overflow"].default
 DEADLINE_ANSWER = {"detail": "the request took too long, try again shortly"}
 DATABASE_UNAVAILABLE = {"detail": "database unavailable, try again shortly"}
-# How late an asyncio timer may fire in a worker on a busy 2-core machine.
-TIMER_SLACK = 0.25
+# How late an asyncio timer may fire in a worker on a busy 2-core machine (CI measured 0.252
+# once, with the whole suite's containers sharing two cores).
+TIMER_SLACK = 0.5
 # Every load here sends far more than this; fewer means the load itself went wrong.
 MIN_REQUESTS = 100
 MIN_REQUESTS_AFTER_RECOVERY = 20
@@ -340,7 +341,9 @@ def test_host_reboot_app_first_waits_for_the_database(healthy: Stack) -> None:
     stack = healthy
     migrate_ran = stack.state("migrate")["StartedAt"]
     stack.run("stop")
-    # Docker starts containers in any order after a reboot; take the worst one.
+    # Docker starts containers in any order after a reboot; take the worst one: the edge
+    # (Traefik, and the socket proxy it reads the engine through), then the app, then db.
+    stack.container("socket-proxy").start()
     stack.container("traefik").start()
     stack.container("app").start()
     with stack.client() as client:
