@@ -88,10 +88,11 @@ def restore_into_new_database(
 
 
 def alembic_revision(database: str, env: Mapping[str, str]) -> str:
-    """The database's Alembic revision, or "none" when it has no alembic_version table."""
+    """The database's Alembic revision, or "none" when it has no alembic_version table.
+    Two queries: Postgres resolves every table a statement names before it runs, so one
+    that reads alembic_version fails where there is none, whatever CASE guards it."""
+    if psql("SELECT to_regclass('alembic_version') IS NULL", env, database=database) == "t":
+        return "none"
     return psql(
-        "SELECT CASE WHEN to_regclass('alembic_version') IS NULL THEN 'none' "
-        "ELSE (SELECT coalesce(max(version_num), 'none') FROM alembic_version) END",
-        env,
-        database=database,
+        "SELECT coalesce(max(version_num), 'none') FROM alembic_version", env, database=database
     )

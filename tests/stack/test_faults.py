@@ -176,8 +176,8 @@ def test_a_crashed_app_container_restarts_by_itself(healthy: Stack) -> None:
     assert stack.state("app")["Status"] == "running"
     failures = load.failures()
 
-    def timeline(outcomes: list[Outcome]) -> list[tuple[float, int | None]]:
-        return [(round(o.started - killed_at, 2), o.status) for o in outcomes]
+    def timeline(outcomes: list[Outcome]) -> list[tuple[float, int | str | None]]:
+        return [(round(o.started - killed_at, 2), o.status or o.error) for o in outcomes]
 
     # Clients see the restart as Traefik's 502 (routed to the dead container) or 404 (no
     # healthy app to route to), only between the crash and the first request served...
