@@ -180,8 +180,14 @@ def test_a_crashed_app_container_restarts_by_itself(healthy: Stack) -> None:
         return [(round(o.started - killed_at, 2), o.status or o.error) for o in outcomes]
 
     # Clients see the restart as Traefik's 502 (routed to the dead container) or 404 (no
-    # healthy app to route to), only between the crash and the first request served...
-    assert {f.status for f in failures} <= {404, 502}, timeline(failures)
+    # healthy app to route to), only between the crash and the first request served. A
+    # request whose answer was on its way at the kill may lose its connection instead
+    # (Traefik had sent the headers), but only one already in flight then...
+    in_flight = [f for f in failures if f.status is None]
+    # (killed_at is taken just before the kill is sent: allow for the sending)
+    assert all(f.started < killed_at + 0.25 for f in in_flight), timeline(in_flight)
+    assert len(in_flight) <= 4, timeline(in_flight)  # one per client at most
+    assert {f.status for f in failures} - {None} <= {404, 502}, timeline(failures)
     assert all(killed_at - 1 <= f.started <= serving.ended for f in failures), timeline(failures)
     # ...and every request after that succeeds.
     after = [o for o in load.outcomes if o.started > serving.ended]
