@@ -371,10 +371,17 @@ def test_make_secrets_writes_private_files_each_owned_by_its_reader(
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     postgres = stack.container("db").exec_run(["id", "-u"]).output.decode().strip()
     owners = {"postgres_password": postgres, "pgpass": postgres, "app_postgres_password": "10001"}
-    for name, owner in owners.items():
+    # The off-site backup secrets, created empty for the operator to fill in.
+    offsite = {"backup_s3_secret_access_key": postgres, "backup_pitr_passphrase": postgres}
+    for name, owner in (owners | offsite).items():
         info = (directory / name).stat()
         assert stat.S_IMODE(info.st_mode) == 0o600, name
         assert str(info.st_uid) == owner, name
+    assert all((directory / name).stat().st_size == 0 for name in offsite)
+    # db and backup read them (an empty one counts as not given).
+    for service in ("db", "backup"):
+        environment = stack.container(service).attrs["Config"]["Env"]
+        assert "BACKUP_PITR_PASSPHRASE_FILE=/run/secrets/backup_pitr_passphrase" in environment
     git = subprocess.run(["git", "check-ignore", "-q", "secrets/postgres_password"], cwd=ROOT)
     assert git.returncode == 0, "secrets/ must be git-ignored"
     # Running it again keeps the password the database was created with.
