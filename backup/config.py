@@ -30,13 +30,17 @@ S3_CA_FILE = "/run/berth/s3-ca.pem"
 
 
 def secret(env: Mapping[str, str], name: str) -> str:
-    """NAME, or the contents of the file that NAME_FILE names (without the final newline)."""
+    """The contents of the file that NAME_FILE names (without the final newline), or NAME.
+    An empty file counts as not given: compose.secrets.yaml mounts the files `make secrets`
+    creates empty, and a value still in .env then keeps working."""
     path = env.get(f"{name}_FILE", "")
     if path:
         try:
-            return Path(path).read_text().rstrip("\r\n")
+            value = Path(path).read_text().rstrip("\r\n")
         except OSError as error:
             raise ConfigError(f"{name}_FILE={path}: {error.strerror}") from None
+        if value:
+            return value
     return env.get(name, "")
 
 

@@ -18,7 +18,14 @@ from backup.pitr import Pgbackrest, newest_base
 from backup.retention import to_keep
 from backup.schedule import format_duration
 from backup.state import State, locked
-from backup.tools import log, psql, quote_identifier, quote_literal, run
+from backup.tools import (
+    alembic_revision,
+    log,
+    psql,
+    quote_identifier,
+    quote_literal,
+    restore_into_new_database,
+)
 
 
 def human_size(size: float) -> str:
@@ -251,28 +258,13 @@ class Operations:
     def _restore_and_count(self, name: str) -> dict[str, int]:
         scratch = f"{self.settings.database}_verify"
         drop = f"DROP DATABASE IF EXISTS {quote_identifier(scratch)}"
-        psql(drop, self.env)
-        psql(f"CREATE DATABASE {quote_identifier(scratch)}", self.env)
         try:
-            run(
-                [
-                    "pg_restore",
-                    "--exit-on-error",
-                    "--single-transaction",
-                    "--no-owner",
-                    f"--dbname={scratch}",
-                    str(self.dumps.path(name)),
-                ],
-                env=self.env,
+            restore_into_new_database(
+                self.dumps.path(name), scratch, self.env,
                 what=f"{name} does not restore: pg_restore",
-            )
+            )  # fmt: skip
             expected = str(self.dumps.meta(name).get("revision", "none"))
-            restored = psql(
-                "SELECT CASE WHEN to_regclass('alembic_version') IS NULL THEN 'none' "
-                "ELSE (SELECT coalesce(max(version_num), 'none') FROM alembic_version) END",
-                self.env,
-                database=scratch,
-            )
+            restored = alembic_revision(scratch, self.env)
             if restored != expected:
                 raise BackupError(
                     f"{name} restored at Alembic revision {restored}, "

@@ -21,7 +21,15 @@ from backup.config import Settings
 from backup.errors import BackupError
 from backup.operations import Operations
 from backup.pitr import PASSPHRASE_KEY, oldest_restorable
-from backup.tools import log, psql, quote_identifier, quote_literal, run
+from backup.tools import (
+    alembic_revision,
+    log,
+    psql,
+    quote_identifier,
+    quote_literal,
+    restore_into_new_database,
+    run,
+)
 
 APP_NAME = "berth-app"  # the app's application_name (berth/db.py)
 
@@ -120,33 +128,16 @@ def _restore_file(ops: Operations, name: str, path: Path, *, force: bool) -> Non
         )
     target = f"{database}_restoring"
     old = f"{database}_before_restore_{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    psql(f"DROP DATABASE IF EXISTS {quote_identifier(target)}", env)
-    psql(f"CREATE DATABASE {quote_identifier(target)}", env)
     started = time.monotonic()
     try:
-        run(
-            [
-                "pg_restore",
-                "--exit-on-error",
-                "--single-transaction",
-                "--no-owner",
-                f"--dbname={target}",
-                str(path),
-            ],
-            env=env,
-        )
+        restore_into_new_database(path, target, env, what="pg_restore")
     except BackupError as error:
         with contextlib.suppress(BackupError):
             psql(f"DROP DATABASE IF EXISTS {quote_identifier(target)}", env)
         detail = str(error).removeprefix("pg_restore: ")
         raise BackupError(f"restoring {name} failed ({detail}); nothing was changed") from None
     restored_in = time.monotonic() - started
-    revision = psql(
-        "SELECT CASE WHEN to_regclass('alembic_version') IS NULL THEN 'none' "
-        "ELSE (SELECT coalesce(max(version_num), 'none') FROM alembic_version) END",
-        env,
-        database=target,
-    )
+    revision = alembic_revision(target, env)
     _swap(env, database, target, old)
     log(f"restored {name} into {database} in {restored_in:.1f}s (alembic revision {revision})")
     log(

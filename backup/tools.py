@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from backup.errors import BackupError
 
@@ -69,3 +70,29 @@ def quote_identifier(name: str) -> str:
 
 def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def restore_into_new_database(
+    dump: Path, database: str, env: Mapping[str, str], *, what: str = ""
+) -> None:
+    """Create `database` afresh (dropping a leftover of the same name) and restore the dump
+    into it, in one transaction that stops at the first error."""
+    psql(f"DROP DATABASE IF EXISTS {quote_identifier(database)}", env)
+    psql(f"CREATE DATABASE {quote_identifier(database)}", env)
+    run(
+        ["pg_restore", "--exit-on-error", "--single-transaction", "--no-owner",
+         f"--dbname={database}", str(dump)],
+        env=env,
+        what=what,
+    )  # fmt: skip
+
+
+def alembic_revision(database: str, env: Mapping[str, str]) -> str:
+    """The database's Alembic revision, or "none" when it has no alembic_version table.
+    Two queries: Postgres resolves every table a statement names before it runs, so one
+    that reads alembic_version fails where there is none, whatever CASE guards it."""
+    if psql("SELECT to_regclass('alembic_version') IS NULL", env, database=database) == "t":
+        return "none"
+    return psql(
+        "SELECT coalesce(max(version_num), 'none') FROM alembic_version", env, database=database
+    )

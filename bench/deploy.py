@@ -11,8 +11,6 @@ bench/results/deploy-<timestamp>.json and bench/results/deploy.md.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import subprocess
 import tempfile
@@ -22,6 +20,7 @@ from typing import Any
 
 import docker
 
+from bench.rounds import repeat_and_save
 from tests.stack.deploying import (
     Deploy,
     deploy_script,
@@ -33,7 +32,6 @@ from tests.stack.deploying import (
 )
 from tests.stack.harness import Stack, build_test_image, derived_image, wait_for
 
-RESULTS = Path(__file__).parent / "results"
 # scripts/deploy points <repository>:latest at what it deployed: use a repository of our own.
 REPOSITORY = "berth-bench-deploy"
 # Each step of scripts/deploy ends where it prints the line starting with its marker.
@@ -166,16 +164,7 @@ def markdown(results: dict[str, list[dict[str, Any]]], when: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    rounds = parser.parse_args().rounds
-    when = time.strftime("%Y-%m-%dT%H-%M-%S")
-    results = run(rounds)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"deploy-{when}.json").write_text(json.dumps(results, indent=2) + "\n")
-    summary = markdown(results, when)
-    (RESULTS / "deploy.md").write_text(summary)
-    print(summary)
+    repeat_and_save(__doc__.splitlines()[0], run, markdown, name="deploy", summary_name="deploy.md")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,19 @@ def require_wrk() -> None:
         raise SystemExit("bench: wrk is not installed (Debian: apt-get install wrk)")
 
 
+def run_wrk(command: list[str], *, seconds: float, post: bool, run_id: str) -> dict[str, Any]:
+    """Run wrk with one of bench/wrk's scripts; the JSON numbers its last line reports."""
+    env = {**os.environ, "BENCH_METHOD": "POST" if post else "GET", "BENCH_RUN": run_id}
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=seconds + 60, check=False
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr or result.stdout}")
+    numbers: dict[str, Any] = json.loads(lines[-1])
+    return numbers
+
+
 def wrk(
     url: str,
     *,
@@ -64,14 +77,7 @@ def wrk(
         *(["-H", f"Host: {host}"] if host else []),
         url,
     ]
-    env = {**os.environ, "BENCH_METHOD": "POST" if post else "GET", "BENCH_RUN": run_id}
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=seconds + 60, check=False
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr or result.stdout}")
-    numbers = json.loads(lines[-1])
+    numbers = run_wrk(command, seconds=seconds, post=post, run_id=run_id)
     elapsed = numbers["duration_us"] / 1e6
     errors = sum(numbers[key] for key in numbers if key.startswith("errors_"))
     return Run(

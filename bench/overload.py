@@ -12,12 +12,12 @@ OVERLOAD_FACTOR times that.
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.load import run_wrk
 
 SCRIPT = Path(__file__).parent / "wrk" / "overload.lua"
 LEVELS = (2, 4, 8, 16, 32, 64, 128)
@@ -54,14 +54,7 @@ def level(
         "--timeout", "10s", "-s", str(SCRIPT), "-H", f"Host: {host}", url,
     ]  # fmt: skip
     post = endpoint == "write"
-    env = {**os.environ, "BENCH_METHOD": "POST" if post else "GET", "BENCH_RUN": run_id}
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=seconds + 60, check=False
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr or result.stdout}")
-    numbers = json.loads(lines[-1])
+    numbers = run_wrk(command, seconds=seconds, post=post, run_id=run_id)
     elapsed = numbers["duration_us"] / 1e6
     admitted, refused = numbers["admitted"], numbers["refused"]
     errors = sum(numbers[f"errors_{kind}"] for kind in ("connect", "read", "write", "timeout"))

@@ -12,14 +12,13 @@ the newest bench/results/deploy-*.json (`uv run python -m bench.deploy` writes i
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from bench.rounds import RESULTS, repeat_and_save
 from tests.stack.harness import build_test_image
 from tests.swarm.cluster import swarm_cluster
 from tests.swarm.deploying import (
@@ -33,7 +32,6 @@ from tests.swarm.deploying import (
     worker_with_an_app_task,
 )
 
-RESULTS = Path(__file__).parent / "results"
 SINGLE_SERVER = "scripts/deploy"
 
 
@@ -151,16 +149,7 @@ def markdown(results: dict[str, Any], when: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    rounds = parser.parse_args().rounds
-    when = time.strftime("%Y-%m-%dT%H-%M-%S")
-    results = run(rounds)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"swarm-rollout-{when}.json").write_text(json.dumps(results, indent=2) + "\n")
-    summary = markdown(results, when)
-    (RESULTS / f"swarm-rollout-{when}.md").write_text(summary)
-    print(summary)
+    repeat_and_save(__doc__.splitlines()[0], run, markdown, name="swarm-rollout")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,14 @@ TEST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test-app")
 # The database image (backup/Dockerfile), built beside it.
 TEST_DB_IMAGE = f"{TEST_IMAGE}-db"
 T = TypeVar("T")
+# Every test client reaches Traefik from one address (Docker's userland proxy on 127.0.0.1,
+# or the test process), so the per-client edge limits would count a whole test as one
+# client: lifted for the tests, never reached; test_edge_limits.py sets its own.
+LIFTED_EDGE_LIMITS = {
+    "EDGE_RATE_LIMIT_AVERAGE": "100000",
+    "EDGE_RATE_LIMIT_BURST": "100000",
+    "EDGE_INFLIGHT_LIMIT": "10000",
+}
 # What a fresh clone has: the working tree without local state, caches or bench results.
 # Never part of a copy, tracked or not: the benchmark results are history, not the stack.
 NOT_COPIED = ("bench/results/",)
@@ -203,12 +211,7 @@ class Stack:
             "HTTP_PORT": str(self.http_port),
             "HTTPS_PORT": str(self.https_port),
             "PROXY_SUBNET": self.subnet,
-            # Every test client reaches Traefik from one address (Docker's userland proxy
-            # on 127.0.0.1), so the per-client edge limits would count a whole test as one
-            # client: lifted here, never reached; test_edge_limits.py sets its own.
-            "EDGE_RATE_LIMIT_AVERAGE": "100000",
-            "EDGE_RATE_LIMIT_BURST": "100000",
-            "EDGE_INFLIGHT_LIMIT": "10000",
+            **LIFTED_EDGE_LIMITS,
             **self.env,
         }
         self.settings = settings

@@ -42,8 +42,9 @@ REQUEST_DEADLINE = DEFAULTS["request_timeout_seconds"].default
 POOL_PER_WORKER = DEFAULTS["db_pool_size"].default + DEFAULTS["db_max_overflow"].default
 DEADLINE_ANSWER = {"detail": "the request took too long, try again shortly"}
 DATABASE_UNAVAILABLE = {"detail": "database unavailable, try again shortly"}
-# How late an asyncio timer may fire in a worker on a busy 2-core machine.
-TIMER_SLACK = 0.25
+# How late an asyncio timer may fire in a worker on a busy 2-core machine (CI measured 0.252
+# once, with the whole suite's containers sharing two cores).
+TIMER_SLACK = 0.5
 # Every load here sends far more than this; fewer means the load itself went wrong.
 MIN_REQUESTS = 100
 MIN_REQUESTS_AFTER_RECOVERY = 20
@@ -174,12 +175,18 @@ def test_a_crashed_app_container_restarts_by_itself(healthy: Stack) -> None:
     assert stack.state("app")["Status"] == "running"
     failures = load.failures()
 
-    def timeline(outcomes: list[Outcome]) -> list[tuple[float, int | None]]:
-        return [(round(o.started - killed_at, 2), o.status) for o in outcomes]
+    def timeline(outcomes: list[Outcome]) -> list[tuple[float, int | str | None]]:
+        return [(round(o.started - killed_at, 2), o.status or o.error) for o in outcomes]
 
     # Clients see the restart as Traefik's 502 (routed to the dead container) or 404 (no
-    # healthy app to route to), only between the crash and the first request served...
-    assert {f.status for f in failures} <= {404, 502}, timeline(failures)
+    # healthy app to route to), only between the crash and the first request served. A
+    # request whose answer was on its way at the kill may lose its connection instead
+    # (Traefik had sent the headers), but only one already in flight then...
+    in_flight = [f for f in failures if f.status is None]
+    # (killed_at is taken just before the kill is sent: allow for the sending)
+    assert all(f.started < killed_at + 0.25 for f in in_flight), timeline(in_flight)
+    assert len(in_flight) <= 4, timeline(in_flight)  # one per client at most
+    assert {f.status for f in failures} - {None} <= {404, 502}, timeline(failures)
     assert all(killed_at - 1 <= f.started <= serving.ended for f in failures), timeline(failures)
     # ...and every request after that succeeds.
     after = [o for o in load.outcomes if o.started > serving.ended]
@@ -343,7 +350,9 @@ def test_host_reboot_app_first_waits_for_the_database(healthy: Stack) -> None:
     stack = healthy
     migrate_ran = stack.state("migrate")["StartedAt"]
     stack.run("stop")
-    # Docker starts containers in any order after a reboot; take the worst one.
+    # Docker starts containers in any order after a reboot; take the worst one: the edge
+    # (Traefik, and the socket proxy it reads the engine through), then the app, then db.
+    stack.container("socket-proxy").start()
     stack.container("traefik").start()
     stack.container("app").start()
     with stack.client() as client:

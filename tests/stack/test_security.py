@@ -46,7 +46,14 @@ from sslyze.scanner.models import (
 from sslyze.scanner.scanner import Scanner
 from sslyze.server_setting import ServerNetworkLocation
 
-from tests.stack.hardening import EXCEPTIONS, ITEMS, Hardening, live_process_violations, violations
+from tests.stack.hardening import (
+    EXCEPTIONS,
+    ITEMS,
+    OUTSIDE_THE_STACK,
+    Hardening,
+    live_process_violations,
+    violations,
+)
 from tests.stack.harness import OVERRIDES, ROOT, Stack, copy_checkout, free_port, wait_for
 
 DOMAIN = "berth.test"
@@ -199,7 +206,11 @@ def test_cis_every_service_every_compose_file_declares(files: tuple[str, ...]) -
     """What the files declare, services no stack test starts included (a new overlay's
     service is checked the day it is added)."""
     # Values some overlays require; none of them changes a service's hardening.
-    required = {"DOMAIN": DOMAIN, "PEBBLE_CA_FILE": "/tmp/pebble-ca.pem", "APP_IMAGE": "app"}
+    required = {
+        "DOMAIN": DOMAIN, "PEBBLE_CA_FILE": "/tmp/pebble-ca.pem", "APP_IMAGE": "app",
+        "S3_TLS_DIR": "/tmp/s3-tls", "S3_DATA_DIR": "/tmp/s3-data",
+        "S3_ROOT_USER": "test", "S3_ROOT_PASSWORD": "test-password",
+    }  # fmt: skip
     env = {**os.environ, **required}
     result = subprocess.run(
         ["docker", "compose", "--env-file", os.devnull, "--profile", "*",
@@ -210,6 +221,8 @@ def test_cis_every_service_every_compose_file_declares(files: tuple[str, ...]) -
     services: dict[str, Any] = json.loads(result.stdout)["services"]
     problems = []
     for name, service in services.items():
+        if name in OUTSIDE_THE_STACK:
+            continue
         # compose leaves the user to the image: the app image's is known, others are root
         # unless the file says otherwise.
         image_user = APP_USER if service["image"].startswith("app:") else ""
@@ -358,10 +371,17 @@ def test_make_secrets_writes_private_files_each_owned_by_its_reader(
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     postgres = stack.container("db").exec_run(["id", "-u"]).output.decode().strip()
     owners = {"postgres_password": postgres, "pgpass": postgres, "app_postgres_password": "10001"}
-    for name, owner in owners.items():
+    # The off-site backup secrets, created empty for the operator to fill in.
+    offsite = {"backup_s3_secret_access_key": postgres, "backup_pitr_passphrase": postgres}
+    for name, owner in (owners | offsite).items():
         info = (directory / name).stat()
         assert stat.S_IMODE(info.st_mode) == 0o600, name
         assert str(info.st_uid) == owner, name
+    assert all((directory / name).stat().st_size == 0 for name in offsite)
+    # db and backup read them (an empty one counts as not given).
+    for service in ("db", "backup"):
+        environment = stack.container(service).attrs["Config"]["Env"]
+        assert "BACKUP_PITR_PASSPHRASE_FILE=/run/secrets/backup_pitr_passphrase" in environment
     git = subprocess.run(["git", "check-ignore", "-q", "secrets/postgres_password"], cwd=ROOT)
     assert git.returncode == 0, "secrets/ must be git-ignored"
     # Running it again keeps the password the database was created with.

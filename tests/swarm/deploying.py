@@ -20,7 +20,14 @@ import httpx
 from tests.stack import service
 from tests.stack.deploying import version_mix, versions
 from tests.stack.faults import Load, Outcome, summary
-from tests.stack.harness import ROOT, TEST_IMAGE, Stack, derived_image, wait_for
+from tests.stack.harness import (
+    LIFTED_EDGE_LIMITS,
+    ROOT,
+    TEST_IMAGE,
+    Stack,
+    derived_image,
+    wait_for,
+)
 from tests.swarm.cluster import Cluster
 
 FIXTURES = ROOT / "tests" / "stack" / "fixtures"
@@ -106,6 +113,7 @@ class SwarmStack:
             "APP_REPLICAS": str(self.replicas),
             "BERTH_STACK": STACK,
             "BERTH_STATE_DIR": str(self.workdir / "state"),
+            **LIFTED_EDGE_LIMITS,
             **{name: f"registry:5000/{self.image(name)}" for name in SUPPORT_IMAGES},
         }
 

@@ -87,7 +87,8 @@ def assert_configuration(stack: SwarmStack) -> None:
     traefik = stack.service("traefik")["Spec"]["TaskTemplate"]["ContainerSpec"]
     assert not any("docker.sock" in m.get("Source", "") for m in traefik.get("Mounts", []))
     proxy = stack.service("socket-proxy")["Spec"]["TaskTemplate"]
-    (socket,) = proxy["ContainerSpec"]["Mounts"]
+    # The socket, beside the tmpfs mounts its read-only root filesystem writes to.
+    (socket,) = [m for m in proxy["ContainerSpec"]["Mounts"] if m.get("Type") == "bind"]
     assert socket["Source"] == "/var/run/docker.sock"
     assert socket["ReadOnly"]
     assert proxy["Placement"]["Constraints"] == ["node.role == manager"]

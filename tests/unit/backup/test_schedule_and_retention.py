@@ -103,6 +103,11 @@ def test_secrets_come_from_files(tmp_path: Path) -> None:
     settings = config.load(env)
     assert settings.s3 is not None
     assert settings.s3.secret_access_key == "from-a-file"
+    # Both given: the file wins. An empty file (as `make secrets` creates it) is not given.
+    env["BACKUP_S3_SECRET_ACCESS_KEY"] = "from-the-environment"
+    assert config.load(env).s3.secret_access_key == "from-a-file"  # type: ignore[union-attr]
+    secret.write_text("")
+    assert config.load(env).s3.secret_access_key == "from-the-environment"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
