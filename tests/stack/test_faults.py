@@ -71,10 +71,8 @@ def healthy(stack: Stack) -> Stack:
 
 
 def deleting(ids: list[list[int]]) -> Request:
-    """Every other request a DELETE of one of this client's own items, the rest GETs: both
-    go through the idempotent router, which retries them. Go's HTTP transport inside
-    Traefik replays a GET on its own when a reused connection dies, but never a DELETE:
-    only the retry middleware saves a DELETE that was on a killed worker."""
+    """Every other request a DELETE of one of this client's own items (tagged with its
+    id), the rest GETs: both go through the idempotent router."""
 
     def request(client: httpx.Client, worker: int, number: int) -> tuple[httpx.Response, str]:
         if number % 2 == 0:
@@ -94,9 +92,15 @@ def seed_items(stack: Stack, prefix: str, count: int) -> list[int]:
 
 
 @service.example_only  # DELETEs of the example's items
-def test_a_killed_worker_is_replaced_and_traefik_retries_its_requests(healthy: Stack) -> None:
+def test_a_killed_worker_is_replaced_and_only_its_own_requests_fail(healthy: Stack) -> None:
     """The kill lands while requests are provably on the worker: a table lock holds every
-    request in the database, and the victim is a worker with a DELETE waiting there."""
+    request in the database, and the victim is a worker with a DELETE waiting there.
+
+    Those requests get Traefik's 502 and none of them is applied: the dead worker's
+    transactions roll back. Traefik does not re-send them: its retry middleware retries
+    only a request it could not send, and retrying on a 502 status (Traefik 3.7's
+    `retry.status`) made Traefik itself collapse at 64 connections (bench/tuning.md).
+    Every other request succeeds."""
     stack = healthy
     clients, per_client = 8, 400
     ids = seed_items(stack, f"doomed-{time.time_ns()}", clients * per_client // 2)
@@ -126,15 +130,23 @@ def test_a_killed_worker_is_replaced_and_traefik_retries_its_requests(healthy: S
         load.keep_until(MIN_REQUESTS)
     assert victim not in worker_pids(stack)
     assert len(replacements) == 1
-    load.assert_no_failures(min_requests=MIN_REQUESTS)
+    load.join()
+    assert len(load.outcomes) >= MIN_REQUESTS
+    failures = load.failures()
+    # Only requests that were on the victim at the kill failed: at most one per client,
+    # each sent before the kill, each a 502 from Traefik.
+    assert len(failures) <= clients, failures
+    assert all(f.status == 502 and f.started < killed_at for f in failures), failures
     assert load.successes_after(killed_at + replaced_after) > 0
 
-    # The victim held DELETEs when it died, and every DELETE got its 204: Traefik re-sent
-    # them (Go's transport never replays a DELETE, and the middleware's plain network-error
-    # retry stops once a request is written). Each was applied once: the killed worker's
-    # transaction rolled back, and a second DELETE would have been a 404.
-    deleted = ",".join(outcome.tag for outcome in load.outcomes if outcome.tag)
-    assert stack.psql(f"SELECT count(*) FROM items WHERE id IN ({deleted})") == "0"
+    # Each DELETE was applied once or not at all: every 204's item is gone, and every
+    # failed DELETE's item is still there (the killed worker's transaction rolled back).
+    deleted = [o.tag for o in load.outcomes if o.tag and o.ok]
+    kept = [f.tag for f in failures if f.tag]
+    assert stack.psql(f"SELECT count(*) FROM items WHERE id IN ({','.join(deleted)})") == "0"
+    if kept:
+        still = stack.psql(f"SELECT count(*) FROM items WHERE id IN ({','.join(kept)})")
+        assert still == str(len(kept))
     report(
         "worker killed",
         replaced_after_seconds=round(replaced_after, 2),
