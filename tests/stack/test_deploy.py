@@ -179,7 +179,7 @@ def container_version(container: Container) -> str:
     return [item.split("=", 1)[1] for item in variables if item.startswith("APP_VERSION=")][-1]
 
 
-def assert_one_release_serving(stack: Stack, version: str) -> None:
+def assert_one_release_serving(stack: Stack, version: str, output: str = "") -> None:
     """Every app container runs `version`, healthy and not draining, `latest` names its
     image, and Traefik answers with it."""
     containers = stack.containers("app")
@@ -187,7 +187,7 @@ def assert_one_release_serving(stack: Stack, version: str) -> None:
     for container in containers:
         container.reload()
         assert container.status == "running", container.name
-        assert container_version(container) == version, container.name
+        assert container_version(container) == version, f"{container.name}\n{output}"
         assert container.attrs["State"]["Health"]["Status"] == "healthy", container.name
         assert container.exec_run(["test", "-e", DRAIN_FLAG]).exit_code == 1, "left draining"
     latest = stack.docker.images.get(f"{REPOSITORY}:latest")
@@ -277,9 +277,9 @@ def test_an_interrupted_deploy_leaves_one_release_serving(
         ),
     )
 
-    assert_one_release_serving(stack, then_serving)
-    assert_zero_failed(deploy)
     assert deploy.result.returncode == 128 + signal_number, deploy.result.stderr
+    assert_one_release_serving(stack, then_serving, deploy.result.stderr)
+    assert_zero_failed(deploy)
     assert f"interrupted by {signal.Signals(signal_number).name}" in deploy.result.stderr
     if then_serving == "v3":
         assert app_ids(stack) == before
