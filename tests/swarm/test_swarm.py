@@ -15,6 +15,7 @@ import pytest
 
 from tests.stack import service
 from tests.stack.faults import report
+from tests.stack.harness import wait_for
 from tests.swarm.cluster import Cluster
 from tests.swarm.deploying import (
     LOAD_CLIENTS,
@@ -66,8 +67,14 @@ def test_first_deploy_migrates_once_spreads_the_app_and_serves_https(
     assert created.status_code == 201, created.text
     assert listed.status_code == 200
     assert created.headers["x-content-type-options"] == "nosniff"  # Traefik's middlewares
+
     # Host-mode publishing: the app logs this machine's own address as the client.
-    line = next(json.loads(line) for line in stack.logs("app").splitlines() if request_id in line)
+    # The app writes its access lines in batches, and Swarm's log service lags: poll.
+    def access_line() -> dict[str, Any] | None:
+        lines = stack.logs("app").splitlines()
+        return next((json.loads(line) for line in lines if request_id in line), None)
+
+    line = wait_for(access_line, timeout=30, interval=1, what="the request's access line")
     assert line["client"] == cluster.gateway
     assert_configuration(stack)
     report("swarm: first deploy", nodes=stack.app_nodes(), output=result.stderr.splitlines())
