@@ -26,10 +26,17 @@ class Admission:
         self.running = 0
         self._waiting: deque[asyncio.Future[bool]] = deque()
 
-    async def enter(self) -> bool:
-        """True with a slot held (give it back with `leave`), False if none freed in time."""
+    def try_enter(self) -> bool:
+        """True with a slot held (give it back with `leave`) if one is free now, without
+        awaiting anything: the common case costs no coroutine."""
         if self.running < self.limit:
             self.running += 1
+            return True
+        return False
+
+    async def enter(self) -> bool:
+        """True with a slot held (give it back with `leave`), False if none freed in time."""
+        if self.try_enter():
             return True
         if self.wait_seconds <= 0:
             return False

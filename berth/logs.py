@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quoted  # C, as json.dumps uses
 from typing import TextIO
@@ -28,12 +29,21 @@ def json_formatter() -> JsonFormatter:
     return JsonFormatter(FIELDS, rename_fields=RENAMED, timestamp="time", reserved_attrs=IGNORED)
 
 
+# One request's access line, not formatted yet: request id, method, path, status, seconds
+# it took, the client's (address, port), and the wall-clock time it ended.
+AccessFields = tuple[bytes, str, str, int, float, "tuple[str, int] | None", float]
+
+
 class BatchedStreamHandler(logging.Handler):
-    """Writes formatted lines to `stream` in batches: when MAX_LINES have gathered, when
-    `flush` is called (every FLUSH_SECONDS by `flush_periodically`, and at shutdown), or at
-    once for ERROR and above. One write per request cost half the app's throughput (the
-    container runtime reads every write); a batch costs one. A crash loses at most the
-    last FLUSH_SECONDS of access lines, never an error."""
+    """Writes lines to `stream` in batches: when MAX_LINES have gathered, when `flush` is
+    called (every FLUSH_SECONDS by `flush_periodically`, and at shutdown), or at once for
+    ERROR and above. One write per request cost half the app's throughput (the container
+    runtime reads every write); a batch costs one. A crash loses at most the last
+    FLUSH_SECONDS of access lines, never an error.
+
+    Access lines are kept as their fields and formatted at the flush, all in one loop: in a
+    request, between FastAPI's own work, formatting one line cost three times what it costs
+    in the flush's loop (bench/tuning.md)."""
 
     MAX_LINES = 256
     FLUSH_SECONDS = 0.1
@@ -41,7 +51,7 @@ class BatchedStreamHandler(logging.Handler):
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
         self.stream = stream
-        self.lines: list[str] = []
+        self.lines: list[str | AccessFields] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -51,19 +61,21 @@ class BatchedStreamHandler(logging.Handler):
         except Exception:
             self.handleError(record)
 
-    def append(self, line: str) -> None:
-        """A line formatted already (see `access_line`)."""
-        with self.lock if self.lock else contextlib.nullcontext():
-            self.lines.append(line)
-        if len(self.lines) >= self.MAX_LINES:
+    def append(self, fields: AccessFields) -> None:
+        """One access line's fields (see `access_line`), from the event loop's thread. No
+        lock: `list.append` is atomic, and `flush` swaps the list out before writing it."""
+        lines = self.lines
+        lines.append(fields)
+        if len(lines) >= self.MAX_LINES:
             self.flush()
 
     def flush(self) -> None:
         with self.lock if self.lock else contextlib.nullcontext():
-            if self.lines:
-                self.stream.write("\n".join(self.lines) + "\n")
+            lines, self.lines = self.lines, []
+            if lines:
+                text = [line if isinstance(line, str) else format_access(*line) for line in lines]
+                self.stream.write("\n".join(text) + "\n")
                 self.stream.flush()
-                self.lines.clear()
 
     async def flush_periodically(self) -> None:
         while True:
@@ -79,28 +91,60 @@ ACCESS_LOGGER = logging.getLogger("berth.access")
 
 
 def access_line(
-    *,
-    request_id: str,
+    request_id: bytes,
     method: str,
     path: str,
     status: int,
-    duration_ms: float,
-    client: str | None,
+    seconds: float,
+    client: tuple[str, int] | None,
 ) -> None:
-    """The access line of one request: the JSON object, keys and order that
-    `log.info("request", extra=...)` through `json_formatter` writes, built directly. The
-    logging module's record, formatter and handler chain cost about 25 us per request, the
-    largest part of the runtime's own cost (bench/tuning.md). `request_id` is plain ASCII
-    already (berth/runtime.py checks it); every other string is JSON-escaped."""
-    if not ACCESS_LOGGER.isEnabledFor(logging.INFO):
-        return
-    ACCESS.append(
+    """The access line of one request, written with the next batch: only its fields here,
+    positionally, and everything else (decoding, rounding, formatting) at the flush."""
+    if ACCESS_LOGGER.isEnabledFor(logging.INFO):
+        ACCESS.append((request_id, method, path, status, seconds, client, time.time()))
+
+
+def format_access(
+    request_id: bytes,
+    method: str,
+    path: str,
+    status: int,
+    seconds: float,
+    client: tuple[str, int] | None,
+    ended: float,
+) -> str:
+    """The JSON object, keys and order that `log.info("request", extra=...)` through
+    `json_formatter` writes, built directly: the logging module's record, formatter and
+    handler chain cost about 25 us per request (bench/tuning.md). `request_id` is plain
+    ASCII already (berth/runtime.py checks it); every other string is JSON-escaped."""
+    return (
         '{"level": "INFO", "logger": "berth.access", "message": "request", '
-        f'"request_id": "{request_id}", "method": {_quoted(method)}, '
-        f'"path": {_quoted(path)}, "status": {status}, "duration_ms": {duration_ms!r}, '
-        f'"client": {_quoted(client) if client is not None else "null"}, '
-        f'"time": "{datetime.now(UTC).isoformat()}"}}'
+        f'"request_id": "{request_id.decode()}", "method": {_quoted(method)}, '
+        f'"path": {_quoted(path)}, "status": {status}, '
+        f'"duration_ms": {round(seconds * 1000, 2)!r}, '
+        f'"client": {_quoted(client[0]) if client else "null"}, '
+        f'"time": "{CLOCK.iso(ended)}"}}'
     )
+
+
+class Clock:
+    """A time as `datetime.fromtimestamp(t, UTC).isoformat()` writes it with microseconds,
+    at a third of its cost: the date and time to the second are formatted once per second,
+    only the microseconds per line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def iso(self, timestamp: float) -> str:
+        second = int(timestamp)
+        if second != self._second:
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._prefix}.{int((timestamp - second) * 1_000_000):06d}+00:00"
+
+
+CLOCK = Clock()
 
 
 def configure_access_log() -> BatchedStreamHandler:
