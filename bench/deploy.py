@@ -36,8 +36,8 @@ from tests.stack.harness import Stack, build_test_image, derived_image, wait_for
 REPOSITORY = "berth-bench-deploy"
 # Each step of scripts/deploy ends where it prints the line starting with its marker.
 STEPS = (
-    ("preflight (and reading the config)", "deploy: migrating the schema"),
-    ("migrate, start the new containers", "deploy: waiting for"),
+    ("reading the config, taking the lock", "deploy: checking the configuration and migrating"),
+    ("check the configuration, migrate, start the new containers", "deploy: waiting for"),
     ("new containers healthy", "deploy: healthy;"),
     ("routed by Traefik", "deploy: draining"),
     ("old containers out of routing, proven through Traefik", "deploy: stopping"),

@@ -10,6 +10,7 @@ failing revision in one line, and exits non-zero.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Collection, Mapping
 from logging.config import fileConfig
@@ -23,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from berth.db import describe
+from berth.preflight import EX_CONFIG
 from berth.settings import ConfigError, Settings, load_settings
 
 # Any constant shared by every migrator of this database; spells "berth" in ASCII.
@@ -46,7 +48,10 @@ def settings() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        raise SystemExit(f"berth: configuration error: {exc}") from None
+        # The same line and exit status as preflight's, before any connection: a deploy
+        # that migrates needs no preflight run of its own (scripts/deploy).
+        print(f"berth: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
 
 
 def acquire_lock(connection: Connection) -> None:

@@ -153,6 +153,24 @@ def test_a_failing_migration_changes_nothing(stack: Stack) -> None:
     record("deploy: failing migration", deploy)
 
 
+def test_a_refused_configuration_changes_nothing(stack: Stack) -> None:
+    """An operator's bad edit of .env, then a deploy: migrate refuses it before connecting
+    (scripts/deploy runs no preflight of its own when it migrates), and the running
+    containers, started with the old configuration, keep serving."""
+    before = app_ids(stack)
+    previous = stack.settings.get("WEB_CONCURRENCY", "2")  # compose.yaml's default
+    stack.set_env(WEB_CONCURRENCY="many")
+    try:
+        deploy = under_load(stack, lambda: deploy_script(stack, "--tag", "v3"))
+    finally:
+        stack.set_env(WEB_CONCURRENCY=previous)
+
+    assert_v2_kept_serving(stack, deploy, before)
+    assert "berth: configuration error: WEB_CONCURRENCY" in deploy.result.stderr
+    assert "the configuration was refused for v3" in deploy.result.stderr
+    assert stack.psql("SELECT version_num FROM alembic_version") == "0002"
+
+
 def test_rollback_returns_to_the_previous_version(stack: Stack) -> None:
     old = app_ids(stack)
 

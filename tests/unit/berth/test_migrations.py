@@ -16,6 +16,7 @@ from alembic.script import ScriptDirectory
 from testcontainers.community.postgres import PostgresContainer
 
 from berth.db import read_revisions
+from berth.preflight import EX_CONFIG
 from berth.settings import Settings
 from tests.unit.conftest import PASSWORD, ROOT, admin_connection, alembic_config
 
@@ -40,6 +41,7 @@ def alembic_cli(
     database: str = "berth",
     ini: Path = ROOT / "alembic.ini",
     password: str = PASSWORD,
+    **settings: str,
 ) -> subprocess.CompletedProcess[str]:
     """`alembic upgrade head` as the migrate service runs it: settings from the environment."""
     env = {
@@ -49,6 +51,7 @@ def alembic_cli(
         "POSTGRES_USER": "berth",
         "POSTGRES_PASSWORD": password,
         "POSTGRES_DB": database,
+        **settings,
     }
     return subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
@@ -155,3 +158,15 @@ def test_wrong_password_is_one_readable_line(postgres: PostgresContainer) -> Non
     assert lines[-1].startswith("berth: migration failed: cannot connect to ")
     assert 'password authentication failed for user "berth"' in lines[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_a_refused_configuration_exits_78_before_connecting(
+    postgres: PostgresContainer, fresh_database: str
+) -> None:
+    """scripts/deploy runs migrate without a preflight of its own: migrate must refuse a bad
+    configuration the way preflight does (one line, exit 78) and touch nothing."""
+    result = alembic_cli(postgres, fresh_database, WEB_CONCURRENCY="many")
+    assert result.returncode == EX_CONFIG
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("berth: configuration error: WEB_CONCURRENCY")
+    assert "alembic_version" not in tables(postgres, fresh_database)
