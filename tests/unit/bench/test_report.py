@@ -69,21 +69,33 @@ def level(concurrency: int, rps: float, p99: float, **extra: Any) -> dict[str, A
 
 
 def test_overload_and_fastapi_targets_are_judged(tmp_path: Path) -> None:
-    runs = [run("direct", "live", 64, 4500), run("fastapi", "live", 64, 5000)]  # 0.90x: met
+    runs = [  # three interleaved rounds: 0.90x, 0.75x, 0.85x; the median 0.85x is met
+        run("overhead-berth", "live", 64, 4500), run("overhead-fastapi", "live", 64, 5000),
+        run("overhead-berth", "live", 64, 3000), run("overhead-fastapi", "live", 64, 4000),
+        run("overhead-berth", "live", 64, 4250), run("overhead-fastapi", "live", 64, 5000),
+    ]  # fmt: skip
     curves = {
         "read": [
             level(8, 500, 40), level(16, 700, 60),  # saturation: 16 (>= 0.9 x 760)
             level(32, 760, 80),
-            level(64, 680, 110, refused=900, refused_p99_ms=12.0),  # 0.89x peak: missed
+            level(64, 680, 110, refused=900, refused_p99_ms=12.0,  # 0.89x peak: missed
+                  cpu={"services": {"app": 1.1, "db": 0.3, "traefik": 0.4},
+                       "load_generator": 0.1, "docker_proxy": 0.3, "machine_busy": 2.0,
+                       "machine_idle": 0.0},
+                  in_app={"admitted": {"count": 9, "p50_ms": 20.0, "p99_ms": 70.0},
+                          "refused": {"count": 9, "p50_ms": 31.0, "p99_ms": 45.0}}),
         ],
         "write": [
             level(16, 600, 50), level(64, 600, 90, refused=10, refused_p99_ms=70.0,
                                       connection_errors=1),
         ],
     }  # fmt: skip
-    verdicts = {target: met for target, _, met in
-                report.targets({**results(runs), "overload": curves})}  # fmt: skip
-    assert verdicts["/health/live direct, c64, 2 worker(s): Berth >= 0.8x bare FastAPI"] is True
+    judged = report.targets({**results(runs), "overload": curves})
+    verdicts = {target: met for target, _, met in judged}
+    measured = {target: figures for target, figures, _ in judged}
+    overhead = "/health/live direct, c64, 2 worker(s): Berth >= 0.8x bare FastAPI"
+    assert verdicts[overhead] is True
+    assert measured[overhead].startswith("0.85x, median of 3 interleaved rounds")
     name = "GET /api/items?limit=20"
     assert verdicts[f"Overload, {name}: admitted p99 <= 2x its p99 at saturation"] is True
     assert verdicts[f"Overload, {name}: admitted throughput >= 0.9x peak"] is False
@@ -93,8 +105,11 @@ def test_overload_and_fastapi_targets_are_judged(tmp_path: Path) -> None:
     assert verdicts[f"Overload, POST /api/items: {refused}"] is False
     assert verdicts["Overload, POST /api/items: no connection errors at any level"] is False
 
-    summary = report.write({**results(runs), "overload": curves}, tmp_path, "stamp")
-    assert "## Overload" in summary.read_text()
+    summary = report.write({**results(runs), "overload": curves}, tmp_path, "stamp").read_text()
+    assert "## Overload" in summary
+    assert "| 2 | 2 | 3000 | 4000 | 0.75x |" in summary  # the second round, as measured
+    where = "| GET /api/items?limit=20 | 64 | 70.0 | 31.0 | 45.0 | 2.00 | 1.10 | 0.30 | 0.40 | 0.40"
+    assert where in summary
 
 
 def test_deploy_and_cold_start_targets_are_judged(
