@@ -25,7 +25,7 @@ from backup.offsite import age_recipient_works
 from backup.operations import Operations
 from backup.restore import fetch_passphrase, restore_dump, restore_point_in_time
 from backup.service import Service
-from backup.status import metrics, snapshot
+from backup.status import metrics, paced_health, snapshot
 from backup.tools import log
 
 
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     settings = config.load(env)
 
     if args.command == "health":
-        found = snapshot(settings).problems
+        found = paced_health(settings)
         print("; ".join(found) if found else "ok")
         return 1 if found else 0
     if args.command == "metrics":

@@ -183,6 +183,8 @@ class Settings:
     pitr: Pitr | None
     pgdata: str
     pg_user: str
+    # Seconds between two runs of the healthcheck once it has passed (backup/status.py).
+    health_interval: int = 5
 
     @property
     def verify_max_age(self) -> int:
@@ -234,7 +236,22 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         pitr=load_pitr(env, s3),
         pgdata=env.get("PGDATA", "") or "/var/lib/postgresql/data",
         pg_user=env.get("PGUSER", "") or "postgres",
+        health_interval=health_interval(env),
     )
+
+
+MAX_HEALTH_INTERVAL = 60  # compose.yaml's healthcheck timeout is longer
+
+
+def health_interval(env: Mapping[str, str]) -> int:
+    text = env.get("BACKUP_HEALTH_INTERVAL", "") or "5s"
+    seconds = parse_duration(text, "BACKUP_HEALTH_INTERVAL")
+    if seconds > MAX_HEALTH_INTERVAL:
+        raise ConfigError(
+            f"BACKUP_HEALTH_INTERVAL={text}: at most "
+            f"{MAX_HEALTH_INTERVAL}s (a failing backup must show promptly)"
+        )
+    return seconds
 
 
 def postgres_env(env: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from backup import config
+from backup import config, status
+from backup.errors import ConfigError
 from backup.status import Snapshot, metrics, problems, wal_problems
 
 NOW = 1_800_000_000.0
@@ -126,3 +127,77 @@ def test_metrics_are_prometheus_text(tmp_path: Path) -> None:
 def test_metrics_values_have_no_exponent(tmp_path: Path, age: float) -> None:
     text = metrics(snap(tmp_path, {"backup": {"last_success": age or NOW}}))
     assert "e+" not in text
+
+
+def paced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: list[list[str]], **env: str
+) -> tuple[list[str], float, int]:
+    """One run of the paced healthcheck whose readings are `answers` in turn: its result,
+    how long it slept in all, and how many readings it took."""
+    settings = config.load({"PGDATABASE": "berth", "BACKUP_DIR": str(tmp_path), **env})
+    readings = iter(answers)
+    taken = []
+    slept = []
+    clock = [0.0]
+
+    def reading(_: config.Settings) -> Snapshot:
+        taken.append(1)
+        result = snap(tmp_path)
+        result.problems = next(readings)
+        return result
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(status, "snapshot", reading)
+    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    found = status.paced_health(settings, passed=str(tmp_path / "passed"))
+    return found, sum(slept), len(taken)
+
+
+def test_until_its_first_pass_the_check_retries_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`up --wait` sees the service healthy as soon as its scheduler runs: no pause first,
+    readings STARTUP_POLL_SECONDS apart, and the pass is remembered."""
+    starting = ["the scheduler is not running (no heartbeat for ever)"]
+    found, slept, readings = paced(tmp_path, monkeypatch, [starting, starting, []])
+    assert (found, readings) == ([], 3)
+    assert slept == pytest.approx(2 * status.STARTUP_POLL_SECONDS)
+    assert (tmp_path / "passed").exists()
+
+
+def test_a_check_that_never_passes_gives_up_after_the_startup_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = ["last backup failed: pg_dump: connection refused"]
+    found, slept, _ = paced(tmp_path, monkeypatch, [failing] * 1000)
+    assert found == failing
+    assert status.STARTUP_WAIT_SECONDS <= slept <= status.STARTUP_WAIT_SECONDS + 0.5
+    assert not (tmp_path / "passed").exists()
+
+
+def test_after_its_first_pass_the_check_pauses_then_checks_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "passed").touch()
+    failing = ["off-site upload failed: bucket unreachable"]
+    found, slept, readings = paced(
+        tmp_path, monkeypatch, [failing, []], BACKUP_HEALTH_INTERVAL="2s"
+    )
+    assert (found, readings) == (failing, 1)  # one reading: a failure is reported at once
+    assert slept == pytest.approx(2 - status.DOCKER_INTERVAL_SECONDS)  # checks 2 s apart
+
+
+@pytest.mark.parametrize(
+    ("interval", "error"),
+    [
+        ("61s", "BACKUP_HEALTH_INTERVAL=61s: at most 60s"),
+        ("often", 'BACKUP_HEALTH_INTERVAL="often"'),
+    ],
+)
+def test_the_health_interval_is_a_short_duration(interval: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        config.load({"PGDATABASE": "berth", "BACKUP_HEALTH_INTERVAL": interval})
