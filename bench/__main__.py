@@ -1,4 +1,4 @@
-"""Berth's benchmark suite: `uv run python -m bench` (about 11 minutes on 2 cores).
+"""Berth's benchmark suite: `uv run python -m bench` (about 12 minutes on 2 cores).
 
 Brings the stack up from built images, measures throughput and latency through Traefik and
 straight to the app, the overload curve, a raw-ASGI ceiling and a bare-FastAPI floor,

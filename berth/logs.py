@@ -73,7 +73,7 @@ class BatchedStreamHandler(logging.Handler):
         with self.lock if self.lock else contextlib.nullcontext():
             lines, self.lines = self.lines, []
             if lines:
-                text = [line if isinstance(line, str) else format_access(*line) for line in lines]
+                text = [line if isinstance(line, str) else format_access(line) for line in lines]
                 self.stream.write("\n".join(text) + "\n")
                 self.stream.flush()
 
@@ -104,19 +104,12 @@ def access_line(
         ACCESS.append((request_id, method, path, status, seconds, client, time.time()))
 
 
-def format_access(
-    request_id: bytes,
-    method: str,
-    path: str,
-    status: int,
-    seconds: float,
-    client: tuple[str, int] | None,
-    ended: float,
-) -> str:
+def format_access(fields: AccessFields) -> str:
     """The JSON object, keys and order that `log.info("request", extra=...)` through
     `json_formatter` writes, built directly: the logging module's record, formatter and
     handler chain cost about 25 us per request (bench/tuning.md). `request_id` is plain
     ASCII already (berth/runtime.py checks it); every other string is JSON-escaped."""
+    request_id, method, path, status, seconds, client, ended = fields
     return (
         '{"level": "INFO", "logger": "berth.access", "message": "request", '
         f'"request_id": "{request_id.decode()}", "method": {_quoted(method)}, '
