@@ -384,10 +384,13 @@ def test_make_secrets_writes_private_files_each_owned_by_its_reader(
         assert "BACKUP_PITR_PASSPHRASE_FILE=/run/secrets/backup_pitr_passphrase" in environment
     git = subprocess.run(["git", "check-ignore", "-q", "secrets/postgres_password"], cwd=ROOT)
     assert git.returncode == 0, "secrets/ must be git-ignored"
-    # Running it again keeps the password the database was created with.
+    # Running it again keeps the password the database was created with, and leaves no
+    # volume behind (its one-shot runs an image that declares one).
     before = production_password(stack)
+    volumes = {volume.name for volume in stack.docker.volumes.list()}
     assert "keeping them" in make_secrets(stack, production.checkout).stderr
     assert production_password(stack) == before
+    assert {volume.name for volume in stack.docker.volumes.list()} == volumes
 
 
 def test_production_password_appears_in_no_inspect_config_or_log(production: Production) -> None:
